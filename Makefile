@@ -1,0 +1,42 @@
+# Everything installs into a project virtualenv, from nothing: `make test`, `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, on its own: the one big download. Override for a specific build, e.g.
+#   make test TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch torchvision
+DEMO_OUT ?= demo_output
+
+.PHONY: help test lint demo clean
+
+help:
+	@echo "make demo  - create $(VENV), install, run the example, write PNGs to $(DEMO_OUT)/"
+	@echo "make test  - create $(VENV), install with dev extras, run lint and the test suite"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.torch-installed: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch-installed
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check gradcam_callback tests examples benchmarks
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/quickstart.py --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .hypothesis

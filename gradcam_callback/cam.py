@@ -1,0 +1,386 @@
+"""Class activation maps as pure tensor functions: batched, exact, and without side effects.
+
+Notation, per sample: ``A`` is the target layer's output *as it left the layer*, shape
+``(C, h, w)``; ``G = dS/dA`` is the gradient of the sample's target score ``S`` (a
+pre-softmax logit, or what a callable target returns). Sums over ``k`` run over the
+channels, over ``ij`` over the spatial positions, and ``Z = h * w``.
+
+=============  =========================================================================
+method         map before ReLU
+=============  =========================================================================
+gradcam        ``sum_k w_k A_k`` with ``w_k = (1/Z) sum_ij G_kij``
+gradcam++      ``sum_k w_k A_k`` with ``w_k = sum_ij alpha_kij relu(G_kij)`` and
+               ``alpha = G^2 / (2 G^2 + (sum_ij A_kij) G^3 + 1e-6)`` (paper eq. 19)
+xgradcam       ``sum_k w_k A_k`` with ``w_k = sum_ij G_kij A_kij / (sum_ij A_kij + 1e-7)``
+hirescam       ``sum_k G_k * A_k``
+layercam       ``sum_k relu(G_k) * A_k``
+eigencam       projection of the centred activations (rows = positions, columns =
+               channels) on their first principal component; no gradients. An SVD
+               fixes a component only up to sign: we choose the sign that makes the
+               projection correlate positively with the channel sum of ``A``, so the
+               map is high where the layer is most active.
+=============  =========================================================================
+
+Then ReLU, bilinear resizing (``align_corners=False``) and, with ``normalize=True``,
+per-sample min-max scaling to ``[0, 1]``. A map whose maximum equals its minimum (an
+all-zero map, say) becomes all zeros.
+
+Scale: min-max scaling makes gradcam, xgradcam, hirescam, layercam and eigencam
+invariant to multiplying the scores by a positive constant. Grad-CAM++ is not, by its
+definition: eq. 19's ``alpha`` depends on the gradient's magnitude.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gradcam_callback.hooks import capture_layer_output, eval_mode, preserved_rng_state
+from gradcam_callback.layers import (
+    LayerSpec,
+    ReshapeTransform,
+    find_last_spatial_layer,
+    resolve_layer,
+)
+from gradcam_callback.targets import (
+    OutputTransform,
+    TargetSpec,
+    logits_from_output,
+    select_scores,
+)
+
+CamMethodName = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
+OutputSize = Union[Literal["input"], None, tuple[int, int]]
+
+__all__ = ["CAM_METHODS", "CamMethodName", "Explanation", "compute_cam", "explain_batch"]
+
+
+def _gradcam(acts: Tensor, grads: Tensor) -> Tensor:
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    return (weights * acts).sum(dim=1)
+
+
+def _gradcam_plus_plus(acts: Tensor, grads: Tensor) -> Tensor:
+    grads_sq = grads.square()
+    acts_sum = acts.sum(dim=(2, 3), keepdim=True)
+    alpha = grads_sq / (2 * grads_sq + acts_sum * grads_sq * grads + 1e-6)
+    weights = (alpha * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    return (weights * acts).sum(dim=1)
+
+
+def _xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
+    weights = (grads * acts).sum(dim=(2, 3), keepdim=True) / (
+        acts.sum(dim=(2, 3), keepdim=True) + 1e-7
+    )
+    return (weights * acts).sum(dim=1)
+
+
+def _hirescam(acts: Tensor, grads: Tensor) -> Tensor:
+    return (grads * acts).sum(dim=1)
+
+
+def _layercam(acts: Tensor, grads: Tensor) -> Tensor:
+    return (grads.clamp(min=0) * acts).sum(dim=1)
+
+
+def _eigencam(acts: Tensor, _grads: Tensor | None) -> Tensor:
+    n, c, h, w = acts.shape
+    positions = acts.reshape(n, c, h * w).transpose(1, 2)  # (N, hw, C)
+    centred = positions - positions.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    projection = (centred @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)  # (N, hw)
+    activity = positions.sum(dim=2)
+    agreement = (projection * (activity - activity.mean(dim=1, keepdim=True))).sum(dim=1)
+    sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
+    return (projection * sign.unsqueeze(1)).reshape(n, h, w)
+
+
+@dataclass(frozen=True)
+class _CamMethod:
+    combine: Callable[[Tensor, Tensor | None], Tensor]
+    needs_gradients: bool
+
+
+_METHODS: dict[str, _CamMethod] = {
+    "gradcam": _CamMethod(_gradcam, needs_gradients=True),
+    "gradcam++": _CamMethod(_gradcam_plus_plus, needs_gradients=True),
+    "xgradcam": _CamMethod(_xgradcam, needs_gradients=True),
+    "hirescam": _CamMethod(_hirescam, needs_gradients=True),
+    "layercam": _CamMethod(_layercam, needs_gradients=True),
+    "eigencam": _CamMethod(_eigencam, needs_gradients=False),
+}
+CAM_METHODS: tuple[str, ...] = tuple(_METHODS)
+
+
+class Explanation(NamedTuple):
+    """The result of :func:`explain_batch`.
+
+    Attributes:
+        cams: float32 ``(N, h, w)`` maps, detached, on the inputs' device.
+        logits: the model output (after ``output_transform``) from the same forward,
+            detached, on the model's device.
+        layer_name: the dotted name of the layer explained (useful with auto-detection).
+    """
+
+    cams: Tensor
+    logits: Tensor
+    layer_name: str
+
+
+def compute_cam(
+    model: nn.Module,
+    inputs: Tensor,
+    target_layer: LayerSpec,
+    targets: TargetSpec = None,
+    *,
+    method: CamMethodName = "gradcam",
+    reshape_transform: ReshapeTransform | None = None,
+    output_size: OutputSize = "input",
+    normalize: bool = True,
+    output_transform: OutputTransform | None = None,
+) -> Tensor:
+    """Compute class activation maps for a batch, leaving the model exactly as it was.
+
+    Args:
+        model: any ``nn.Module``; it runs in eval mode for this call only.
+        inputs: ``(N, C, H, W)`` floating-point batch. Cast to the model's parameter
+            dtype and moved to its device for the forward.
+        target_layer: a submodule of ``model``, its dotted name (as
+            ``model.named_modules()`` spells it), or ``None`` for the last layer with a
+            spatial output (found with one probe forward). If the layer runs several
+            times in one forward, its last call is explained.
+        targets: ``None`` (each sample's predicted class), an ``int`` (that class for
+            all), ``N`` ints (a sequence or 1-D tensor), or a callable
+            ``output -> (N,)`` scores. Ignored by ``eigencam`` apart from validation.
+        method: one of ``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"hirescam"``,
+            ``"layercam"``, ``"eigencam"`` (formulas in this module's docstring).
+        reshape_transform: maps a non-spatial layer output to ``(N, C, h, w)``,
+            applied to activations and gradients alike; see
+            :func:`~gradcam_callback.vit_reshape_transform` for vision transformers.
+        output_size: ``"input"`` (the inputs' ``H, W``), ``None`` (the layer's own
+            resolution) or ``(h, w)``.
+        normalize: per-sample min-max scaling to ``[0, 1]`` after resizing.
+        output_transform: picks the logits out of a model output that is not a tensor
+            (a tuple or dict, e.g. with auxiliary heads).
+
+    Returns:
+        float32 tensor ``(N, h, w)``, detached, on the inputs' device.
+
+    Raises:
+        ValueError: an unknown method or layer name, a bad ``output_size``, targets that
+            do not fit the model output, a layer output that is not ``(N, C, h, w)``
+            without ``reshape_transform``, or a layer the forward never calls.
+        TypeError: inputs, targets or layer of the wrong type.
+
+    Side effects: none. Each submodule's ``training`` flag, every parameter's ``.grad``,
+    BatchNorm running statistics, the global RNG states, the grad mode and the module
+    hook dicts are as they were before the call, also when it raises. Works under
+    ``torch.no_grad()`` and ``torch.inference_mode()``.
+
+    Example::
+
+        >>> import torch, torchvision
+        >>> model = torchvision.models.resnet18(num_classes=10)
+        >>> cams = compute_cam(model, torch.randn(2, 3, 64, 64), "layer4")
+        >>> cams.shape, cams.dtype, bool(cams.min() >= 0), bool(cams.max() <= 1)
+        (torch.Size([2, 64, 64]), torch.float32, True, True)
+    """
+    return explain_batch(
+        model,
+        inputs,
+        target_layer,
+        targets,
+        method=method,
+        reshape_transform=reshape_transform,
+        output_size=output_size,
+        normalize=normalize,
+        output_transform=output_transform,
+    ).cams
+
+
+def explain_batch(
+    model: nn.Module,
+    inputs: Tensor,
+    target_layer: LayerSpec,
+    targets: TargetSpec = None,
+    *,
+    method: CamMethodName = "gradcam",
+    reshape_transform: ReshapeTransform | None = None,
+    output_size: OutputSize = "input",
+    normalize: bool = True,
+    output_transform: OutputTransform | None = None,
+) -> Explanation:
+    """Like :func:`compute_cam`, but also return the logits of the same forward pass.
+
+    For callers that show predictions next to the maps: one forward serves both.
+    Arguments, errors and guarantees are those of :func:`compute_cam`.
+    """
+    cam_method = _lookup_method(method)
+    _check_inputs(inputs)
+    _check_output_size(output_size)
+    x = _to_model(inputs, model)
+
+    with preserved_rng_state(x.device), eval_mode(model), torch.inference_mode(False):
+        if x.is_inference():
+            x = x.clone()  # inference tensors cannot take part in autograd
+        if target_layer is None:
+            layer_name = find_last_spatial_layer(model, x)
+            _, layer = resolve_layer(model, layer_name)
+        else:
+            layer_name, layer = resolve_layer(model, target_layer)
+
+        with capture_layer_output(
+            layer, layer_name, track_gradients=cam_method.needs_gradients
+        ) as captured:
+            with torch.no_grad():
+                output = model(x)
+        if captured.activation is None:
+            raise ValueError(
+                f"target layer {layer_name!r} was not called during the forward pass of "
+                f"{type(model).__name__}; choose a layer that the forward uses"
+            )
+        logits = logits_from_output(output, output_transform)
+        with torch.set_grad_enabled(cam_method.needs_gradients):
+            scores = select_scores(targets, logits)
+            grads = (
+                _gradients(scores, captured.activation, layer_name)
+                if cam_method.needs_gradients
+                else None
+            )
+
+    with torch.autocast(x.device.type, enabled=False):
+        cams = _maps(cam_method, captured.activation, grads, reshape_transform, layer_name)
+        cams = _resize(cams, inputs.shape[-2:] if output_size == "input" else output_size)
+        if normalize:
+            cams = _min_max(cams)
+    return Explanation(cams.to(inputs.device), logits.detach(), layer_name)
+
+
+def _gradients(scores: Tensor, activation: Tensor, layer_name: str) -> Tensor:
+    if not scores.requires_grad:
+        raise ValueError(
+            f"the target scores do not depend on layer {layer_name!r} through autograd "
+            "(does the model detach or run part of its forward under torch.no_grad()?); "
+            "choose a layer on the path to the output, or method='eigencam'"
+        )
+    (grads,) = torch.autograd.grad(scores.float().sum(), activation, allow_unused=True)
+    if grads is None:
+        raise ValueError(
+            f"the target scores do not depend on layer {layer_name!r}; choose a layer on "
+            "the path from the input to the scores"
+        )
+    return grads
+
+
+def _maps(
+    cam_method: _CamMethod,
+    activation: Tensor,
+    grads: Tensor | None,
+    reshape_transform: ReshapeTransform | None,
+    layer_name: str,
+) -> Tensor:
+    acts = activation.detach()
+    if reshape_transform is not None:
+        acts = reshape_transform(acts)
+        grads = reshape_transform(grads) if grads is not None else None
+    if acts.dim() != 4:
+        raise ValueError(
+            f"layer {layer_name!r} outputs shape {tuple(activation.shape)}"
+            + ("" if reshape_transform is None else f" ({tuple(acts.shape)} after reshape_transform)")
+            + "; CAM methods need a spatial map (N, C, h, w). For token outputs (a vision "
+            "transformer: (N, 1 + h*w, C)) pass reshape_transform=vit_reshape_transform(); "
+            "otherwise choose a convolutional layer."
+        )
+    acts = acts.float()
+    grads = grads.float() if grads is not None else None
+
+    finite = torch.isfinite(acts).flatten(1).all(dim=1)
+    if grads is not None:
+        finite &= torch.isfinite(grads).flatten(1).all(dim=1)
+    keep = finite.view(-1, 1, 1, 1)
+    acts = torch.where(keep, acts, 0.0)
+    grads = torch.where(keep, grads, 0.0) if grads is not None else None
+
+    cams = cam_method.combine(acts, grads).relu()
+    finite &= torch.isfinite(cams).flatten(1).all(dim=1)
+    if not finite.all():
+        bad = (~finite).nonzero().flatten().tolist()
+        warnings.warn(
+            f"non-finite values (NaN or inf) at layer {layer_name!r} for samples {bad}; "
+            "their maps are set to zero",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        cams = torch.where(finite.view(-1, 1, 1), cams, 0.0)
+    return cams
+
+
+def _resize(cams: Tensor, size: tuple[int, int] | torch.Size | None) -> Tensor:
+    if size is None or tuple(size) == tuple(cams.shape[-2:]):
+        return cams
+    return F.interpolate(
+        cams.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False
+    ).squeeze(1)
+
+
+def _min_max(cams: Tensor) -> Tensor:
+    flat = cams.flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1)
+    span = flat.max(dim=1).values.view(-1, 1, 1) - low
+    scaled = (cams - low) / torch.where(span > 0, span, 1.0)
+    return torch.where(span > 0, scaled, 0.0).clamp_(0.0, 1.0)
+
+
+def _lookup_method(method: str) -> _CamMethod:
+    if method in _METHODS:
+        return _METHODS[method]
+    close = difflib.get_close_matches(str(method), CAM_METHODS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"unknown method {method!r}; valid methods: {', '.join(CAM_METHODS)}.{hint}"
+    )
+
+
+def _check_inputs(inputs: object) -> None:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a tensor (N, C, H, W), got {type(inputs).__name__}")
+    if inputs.dim() != 4 or inputs.shape[0] < 1:
+        raise ValueError(
+            f"inputs must be a batch of images (N, C, H, W) with N >= 1, got shape "
+            f"{tuple(inputs.shape)}; for a single image use image.unsqueeze(0)"
+        )
+    if not inputs.dtype.is_floating_point:
+        raise TypeError(
+            f"inputs must be floating point, got {inputs.dtype}; convert and normalise "
+            "them as the model expects (e.g. images.float() / 255)"
+        )
+
+
+def _check_output_size(output_size: object) -> None:
+    if output_size is None or output_size == "input":
+        return
+    if (
+        isinstance(output_size, (tuple, list))
+        and len(output_size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in output_size)
+    ):
+        return
+    raise ValueError(
+        f"output_size must be 'input', None (the layer's resolution) or (h, w) positive "
+        f"ints, got {output_size!r}"
+    )
+
+
+def _to_model(inputs: Tensor, model: nn.Module) -> Tensor:
+    """The inputs on the model's device and in its floating dtype (a no-op if they match)."""
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if reference is None:
+        return inputs
+    return inputs.to(device=reference.device, dtype=reference.dtype)
