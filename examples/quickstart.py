@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
@@ -94,8 +95,8 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.out / "quickstart_overlay.png"
-    big = nn.functional.interpolate(grid.unsqueeze(0).float(), scale_factor=3, mode="nearest")
-    torchvision.io.write_png(big.squeeze(0).to(torch.uint8), str(png))
+    picture = Image.fromarray(grid.permute(1, 2, 0).numpy())
+    picture.resize((picture.width * 3, picture.height * 3), Image.NEAREST).save(png)
     print("\nTop row: inputs; bottom row: Grad-CAM overlays (red = where the model looks).")
     print(f"Wrote {png}")
     print(f"See every epoch in TensorBoard:  tensorboard --logdir {log_dir}")

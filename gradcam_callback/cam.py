@@ -36,7 +36,7 @@ import difflib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Union
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ from gradcam_callback.targets import (
 )
 
 CamMethodName = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
-OutputSize = Union[Literal["input"], None, tuple[int, int]]
+OutputSize = Literal["input"] | None | tuple[int, int]
 
 __all__ = ["CAM_METHODS", "CamMethodName", "Explanation", "compute_cam", "explain_batch"]
 
@@ -238,9 +238,8 @@ def explain_batch(
 
         with capture_layer_output(
             layer, layer_name, track_gradients=cam_method.needs_gradients
-        ) as captured:
-            with torch.no_grad():
-                output = model(x)
+        ) as captured, torch.no_grad():
+            output = model(x)
         if captured.activation is None:
             raise ValueError(
                 f"target layer {layer_name!r} was not called during the forward pass of "
@@ -255,12 +254,12 @@ def explain_batch(
                 else None
             )
 
-    with torch.autocast(x.device.type, enabled=False):
-        cams = _maps(cam_method, captured.activation, grads, reshape_transform, layer_name)
-        cams = _resize(cams, inputs.shape[-2:] if output_size == "input" else output_size)
-        if normalize:
-            cams = _min_max(cams)
-    return Explanation(cams.to(inputs.device), logits.detach(), layer_name)
+        with torch.autocast(x.device.type, enabled=False):
+            cams = _maps(cam_method, captured.activation, grads, reshape_transform, layer_name)
+            cams = _resize(cams, inputs.shape[-2:] if output_size == "input" else output_size)
+            if normalize:
+                cams = _min_max(cams)
+        return Explanation(cams.to(inputs.device), logits.detach(), layer_name)
 
 
 def _gradients(scores: Tensor, activation: Tensor, layer_name: str) -> Tensor:
@@ -293,7 +292,8 @@ def _maps(
     if acts.dim() != 4:
         raise ValueError(
             f"layer {layer_name!r} outputs shape {tuple(activation.shape)}"
-            + ("" if reshape_transform is None else f" ({tuple(acts.shape)} after reshape_transform)")
+            + ("" if reshape_transform is None
+               else f" ({tuple(acts.shape)} after reshape_transform)")
             + "; CAM methods need a spatial map (N, C, h, w). For token outputs (a vision "
             "transformer: (N, 1 + h*w, C)) pass reshape_transform=vit_reshape_transform(); "
             "otherwise choose a convolutional layer."

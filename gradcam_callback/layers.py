@@ -14,12 +14,11 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from typing import Union
 
 import torch
 from torch import Tensor, nn
 
-LayerSpec = Union[nn.Module, str, None]
+LayerSpec = nn.Module | str | None
 ReshapeTransform = Callable[[Tensor], Tensor]
 
 __all__ = ["LayerSpec", "ReshapeTransform", "find_last_spatial_layer", "resolve_layer",
@@ -44,9 +43,10 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Mod
             return layer, modules[layer]
         names = [name for name in modules if name]
         closest = difflib.get_close_matches(layer, names, n=3, cutoff=0.0)
+        suggestion = ", ".join(repr(n) for n in closest) or "(the model has no submodules)"
         raise ValueError(
             f"target_layer {layer!r} is not a module of {type(model).__name__}. "
-            f"Closest names: {', '.join(repr(n) for n in closest) or '(the model has no submodules)'}. "
+            f"Closest names: {suggestion}. "
             "Valid names are those of model.named_modules()."
         )
     if isinstance(layer, nn.Module):

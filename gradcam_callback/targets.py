@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
 TargetFn = Callable[[Tensor], Tensor]
-TargetSpec = Union[None, int, Sequence[int], Tensor, TargetFn]
+TargetSpec = int | Sequence[int] | Tensor | TargetFn | None
 OutputTransform = Callable[[Any], Tensor]
 
 __all__ = ["OutputTransform", "TargetSpec", "logits_from_output", "select_scores"]
@@ -108,7 +108,8 @@ def _classes_tensor(targets: TargetSpec, n: int, device: torch.device) -> Tensor
     if isinstance(targets, numbers.Integral):
         return torch.full((n,), int(targets), dtype=torch.long, device=device)
     if isinstance(targets, Tensor):
-        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        dtype = targets.dtype
+        if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
             raise TypeError(f"targets must be an integer tensor, got dtype {targets.dtype}")
         if targets.dim() == 0:
             return targets.to(device=device, dtype=torch.long).expand(n).clone()

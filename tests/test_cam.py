@@ -1,0 +1,138 @@
+"""compute_cam in the situations a training loop puts it in, and its input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradcam_callback import CAM_METHODS, compute_cam, explain_batch
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_batch_of_one_equals_its_row_in_a_batch(tiny_cnn, images, method):
+    batch = compute_cam(tiny_cnn, images, "features", [1, 2, 3], method=method)
+    alone = compute_cam(tiny_cnn, images[1:2], "features", [2], method=method)
+    assert alone.shape == (1, 32, 32)
+    torch.testing.assert_close(alone[0], batch[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_same_result_under_no_grad_and_inference_mode(tiny_cnn, images, method):
+    plain = compute_cam(tiny_cnn, images, "features", method=method)
+    with torch.no_grad():
+        under_no_grad = compute_cam(tiny_cnn, images, "features", method=method)
+    with torch.inference_mode():
+        inference_images = images.clone()  # an inference tensor, as Lightning's validate() makes
+        under_inference = compute_cam(tiny_cnn, inference_images, "features", method=method)
+    assert torch.equal(plain, under_no_grad)
+    assert torch.equal(plain, under_inference)
+    assert not under_inference.is_inference()
+
+
+def test_frozen_backbone_still_gets_maps(tiny_cnn, images):
+    unfrozen = compute_cam(tiny_cnn, images, "features")
+    for p in tiny_cnn.parameters():
+        p.requires_grad_(False)
+    frozen = compute_cam(tiny_cnn, images, "features")
+    torch.testing.assert_close(frozen, unfrozen)
+    assert not any(p.requires_grad for p in tiny_cnn.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_models_give_float32_maps_close_to_float32(tiny_cnn, images, dtype):
+    reference = compute_cam(tiny_cnn, images, "features", 1)
+    low = tiny_cnn.to(dtype)
+    maps = compute_cam(low, images, "features", 1)  # float32 inputs are cast to the model
+    assert maps.dtype == torch.float32 and maps.shape == reference.shape
+    assert torch.isfinite(maps).all()
+    assert (maps - reference).abs().mean() < 0.03
+    assert next(low.parameters()).dtype == dtype
+
+
+def test_under_cpu_autocast(tiny_cnn, images):
+    reference = compute_cam(tiny_cnn, images, "features", 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = compute_cam(tiny_cnn, images, "features", 1)
+    assert maps.dtype == torch.float32
+    assert (maps - reference).abs().mean() < 0.03
+
+
+class PoisonSample(nn.Module):
+    """Puts NaN into sample 0's activations."""
+
+    def forward(self, x):
+        poison = torch.zeros_like(x)
+        poison[0, 0, 0, 0] = float("nan")
+        return x + poison
+
+
+def test_non_finite_activations_give_a_zero_map_and_a_warning(tiny_cnn, images):
+    clean = compute_cam(tiny_cnn, images, "features")
+    tiny_cnn.features.append(PoisonSample())
+    with pytest.warns(RuntimeWarning, match=r"non-finite values.*'features'.*samples \[0\]"):
+        maps = compute_cam(tiny_cnn, images, "features")
+    assert torch.isfinite(maps).all()
+    assert torch.equal(maps[0], torch.zeros_like(maps[0]))
+    torch.testing.assert_close(maps[1:], clean[1:])
+
+
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_an_all_zero_layer_gives_all_zero_maps_never_nan(tiny_cnn, images, method):
+    nn.init.zeros_(tiny_cnn.features[4].weight)
+    nn.init.zeros_(tiny_cnn.features[4].bias)
+    tiny_cnn.features[5].eval()
+    nn.init.zeros_(tiny_cnn.features[5].bias)
+    maps = compute_cam(tiny_cnn, images, "features", method=method)
+    assert torch.equal(maps, torch.zeros_like(maps))
+
+
+def test_output_sizes(tiny_cnn, images):
+    assert compute_cam(tiny_cnn, images, "features").shape == (3, 32, 32)
+    assert compute_cam(tiny_cnn, images, "features", output_size=None).shape == (3, 16, 16)
+    assert compute_cam(tiny_cnn, images, "features", output_size=(20, 24)).shape == (3, 20, 24)
+
+
+def test_raw_maps_are_relu_of_the_weighted_sum(tiny_cnn, images):
+    raw = compute_cam(tiny_cnn, images, "features", output_size=None, normalize=False)
+    assert raw.min() == 0 and raw.max() > 0
+    normalized = compute_cam(tiny_cnn, images, "features", output_size=None)
+    expected = raw / raw.flatten(1).amax(1).view(-1, 1, 1)
+    torch.testing.assert_close(normalized, expected)
+
+
+def test_explain_batch_returns_the_logits_of_the_same_forward(tiny_cnn, images):
+    result = explain_batch(tiny_cnn, images, "features")
+    with torch.no_grad():
+        logits = tiny_cnn.eval()(images)
+    torch.testing.assert_close(result.logits, logits)
+    assert result.layer_name == "features" and not result.logits.requires_grad
+    assert explain_batch(tiny_cnn, images, None).layer_name == "features"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "pattern"),
+    [
+        ({"method": "gradcamm"}, ValueError,
+         r"unknown method 'gradcamm'; valid methods: gradcam, gradcam\+\+.*"
+         r"Did you mean 'gradcam'"),
+        ({"output_size": (0, 4)}, ValueError, r"output_size must be .*got \(0, 4\)"),
+        ({"output_size": "full"}, ValueError, "output_size must be 'input'.*got 'full'"),
+    ],
+)
+def test_bad_options_get_clear_errors(tiny_cnn, images, kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        compute_cam(tiny_cnn, images, "features", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "error", "pattern"),
+    [
+        (torch.zeros(3, 32, 32), ValueError, r"\(N, C, H, W\).*got shape \(3, 32, 32\).*unsqueeze"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), TypeError, "floating point, got .*uint8"),
+        ([[0.0]], TypeError, r"must be a tensor.*got list"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(tiny_cnn, inputs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        compute_cam(tiny_cnn, inputs, "features")
