@@ -30,7 +30,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	touch $@
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check gradcam_callback tests examples benchmarks
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest
