@@ -12,15 +12,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_writes_an_overlay_png_and_tensorboard_logs(tmp_path):
+def test_quickstart_writes_a_grid_png_and_tensorboard_logs(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--epochs", "1",
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert f"tensorboard --logdir {tmp_path / 'tensorboard'}" in result.stdout
-    with Image.open(tmp_path / "quickstart_overlay.png") as png:
-        assert png.mode == "RGB" and png.width > 400 and png.height > 100
+    log_dir = tmp_path / "tensorboard" / "quickstart"
+    assert f"tensorboard --logdir {log_dir} --samples_per_plugin images=100" in result.stdout
+    with Image.open(tmp_path / "quickstart_grid.png") as png:
+        assert png.mode == "RGB" and png.width > 8 * 128 and png.height > 2 * 128
         assert np.asarray(png).std() > 10  # a picture, not a blank
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(log_dir.glob("events.out.tfevents.*"))

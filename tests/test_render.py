@@ -6,7 +6,7 @@ import matplotlib
 import pytest
 import torch
 
-from gradcam_callback import colormap_lut, overlay
+from gradcam_callback import annotated_grid, colormap_lut, overlay, to_display
 
 
 def test_overlay_blends_the_colormap_over_the_image():
@@ -48,3 +48,26 @@ def test_lut_is_a_256_entry_rgb_table():
 def test_bad_render_arguments_get_clear_errors(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+def test_grid_captions_each_column_and_frames_wrong_ones_in_red():
+    tiles = torch.full((2, 3, 40, 40), 128, dtype=torch.uint8)
+    grid = annotated_grid([tiles, tiles], ["input", "Grad-CAM"], [["true: a", "pred: b"],
+                          ["true: a", "pred: a"]], wrong=[True, False])
+    assert grid.dtype == torch.uint8 and grid.shape[0] == 3
+    red = (grid[0] > 200) & (grid[1] < 80) & (grid[2] < 80)
+    second_column = grid.shape[2] - (40 + 2 * 6)  # a tile and its two gaps
+    assert red[:, :second_column].sum() > 100  # the wrong column is framed
+    assert red[:, second_column:].sum() == 0  # the right one is not
+    caption_band = grid[:, :20, 60:]
+    assert (caption_band > 200).any()  # text was drawn above the tiles
+
+
+def test_to_display_undoes_normalisation_or_min_max_scales():
+    raw = torch.rand(2, 3, 4, 4)
+    normalised = (raw - 0.5) / 0.2
+    torch.testing.assert_close(to_display(normalised, [0.5] * 3, [0.2] * 3), raw)
+    scaled = to_display(normalised)
+    assert scaled.amin() == 0 and scaled.amax() == 1
+    with pytest.raises(ValueError, match=r"one value per input channel \(3\), got 2 and 2"):
+        to_display(normalised, [0.5, 0.5], [0.2, 0.2])

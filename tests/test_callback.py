@@ -1,0 +1,283 @@
+"""GradCAMCallback in real Trainer runs, read back from TensorBoard's event files."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader
+
+from gradcam_callback import GradCAMCallback
+from tests.lit_helpers import CLASS_NAMES, LitTiny, StripeData, StripeDataset
+
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(num_workers|LeafSpec|logging interval).*")
+        yield
+
+
+def fit(tmp_path, callbacks, max_epochs=2, data=None, model=None, logger=True, **trainer_kwargs):
+    seed_everything(0)
+    model = model or LitTiny()
+    if logger is True:
+        logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = Trainer(max_epochs=max_epochs, logger=logger, callbacks=callbacks,
+                      default_root_dir=tmp_path, **QUIET, **trainer_kwargs)
+    trainer.fit(model, data or StripeData())
+    return trainer, model
+
+
+def logged_images(trainer, tag):
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    if tag not in events.Tags()["images"]:
+        return []
+    return events.Images(tag)
+
+
+def decode(event) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+
+
+def test_logs_one_annotated_grid_per_validation_run_not_during_sanity_check(tmp_path):
+    trainer, _ = fit(tmp_path, [GradCAMCallback("features", num_samples=5)],
+                     num_sanity_val_steps=2)
+    events = logged_images(trainer, "gradcam/features/overlay")
+    assert [e.step for e in events] == [6, 12]  # 96 samples / 16 per batch, after each epoch
+    picture = decode(events[-1])
+    assert picture.shape == (events[-1].height, events[-1].width, 3)
+    assert picture.shape[1] > 5 * 96  # five columns of at least 96 px
+    assert picture.std() > 20
+
+
+def test_every_n_epochs(tmp_path):
+    trainer, _ = fit(tmp_path, [GradCAMCallback("features", every_n_epochs=2)], max_epochs=4)
+    assert [e.step for e in logged_images(trainer, "gradcam/features/overlay")] == [12, 24]
+
+
+def test_target_both_and_heatmaps_add_rows(tmp_path):
+    heights = {}
+    for name, kwargs in {"one": {}, "both": {"target": "both"},
+                         "both_heat": {"target": "both", "show_heatmap": True}}.items():
+        trainer, _ = fit(tmp_path / name, [GradCAMCallback("features", **kwargs)], max_epochs=1)
+        heights[name] = logged_images(trainer, "gradcam/features/overlay")[0].height
+    row = heights["both"] - heights["one"]
+    assert row >= 96
+    assert heights["both_heat"] - heights["both"] == 2 * row
+
+
+def test_auto_detected_layer_names_the_tag(tmp_path):
+    trainer, _ = fit(tmp_path, [GradCAMCallback(None)], max_epochs=1)
+    assert logged_images(trainer, "gradcam/features/overlay")
+
+
+class Spy(Callback):
+    """Records what the model looks like at the end of each validation run."""
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.seen.append({
+            "training": {n: m.training for n, m in pl_module.named_modules()},
+            "grads": {n: None if p.grad is None else p.grad.clone()
+                      for n, p in pl_module.named_parameters()},
+            "state": {k: v.clone() for k, v in pl_module.state_dict().items()},
+            "hooks": {n: (dict(m._forward_hooks), dict(m._forward_pre_hooks))
+                      for n, m in pl_module.named_modules()},
+            "rng": torch.get_rng_state(),
+        })
+
+
+def test_model_and_process_state_are_the_same_before_and_after_the_callback(tmp_path):
+    before, after = Spy(), Spy()
+    fit(tmp_path, [before, GradCAMCallback("features.4", target="both"), after], max_epochs=2,
+        num_sanity_val_steps=0)
+    assert len(before.seen) == len(after.seen) == 2
+    for b, a in zip(before.seen, after.seen, strict=True):
+        assert a["training"] == b["training"]
+        assert a["hooks"] == b["hooks"]
+        assert torch.equal(a["rng"], b["rng"])
+        for key, value in b["state"].items():
+            assert torch.equal(a["state"][key], value), key
+        for key, grad in b["grads"].items():
+            assert (grad is None) == (a["grads"][key] is None)
+            assert grad is None or torch.equal(grad, a["grads"][key])
+
+
+def test_training_is_bit_identical_with_and_without_the_callback(tmp_path):
+    common = {"max_epochs": 3, "deterministic": True, "num_sanity_val_steps": 2}
+    _, plain = fit(tmp_path / "plain", [], **common)
+    _, watched = fit(tmp_path / "watched", [GradCAMCallback("features", target="both")],
+                     **common)
+    plain_state, watched_state = plain.state_dict(), watched.state_dict()
+    assert plain_state.keys() == watched_state.keys()
+    for key, value in plain_state.items():
+        assert torch.equal(value, watched_state[key]), key
+    _, other_seed = fit(tmp_path / "other", [], **{**common, "max_epochs": 2})
+    assert not torch.equal(other_seed.state_dict()["head.3.weight"], plain_state["head.3.weight"])
+
+
+def test_the_same_samples_every_time_whatever_the_loader_order(tmp_path):
+    seen = []
+
+    def spy_batch(batch):
+        seen.append(batch[0].clone())
+        return batch
+
+    data = StripeData()
+    data.val_dataloader = lambda: DataLoader(data.val_set, batch_size=16, shuffle=True)
+    callback = GradCAMCallback("features", num_samples=4, batch_to_input=spy_batch)
+    fit(tmp_path, [callback], max_epochs=2, data=data)
+    expected = torch.stack([data.val_set[i][0] for i in range(4)])
+    assert len(seen) == 1  # fetched once, then reused every run
+    assert torch.equal(seen[0], expected)
+
+
+def test_dict_batches_and_class_names(tmp_path):
+    callback = GradCAMCallback("features", num_samples=3, class_names=CLASS_NAMES,
+                               input_key="image", label_key="label", target="label")
+    trainer, _ = fit(tmp_path, [callback], max_epochs=1, data=StripeData(as_dict=True))
+    assert logged_images(trainer, "gradcam/features/overlay")
+
+
+def test_grayscale_inputs_with_mean_and_std(tmp_path):
+    callback = GradCAMCallback("features", mean=[0.5], std=[0.25])
+    trainer, _ = fit(tmp_path, [callback], max_epochs=1, model=LitTiny(channels=1),
+                     data=StripeData(channels=1))
+    picture = decode(logged_images(trainer, "gradcam/features/overlay")[0])
+    assert picture.std() > 20
+
+
+def test_fewer_samples_than_asked_warns_once_and_shows_what_exists(tmp_path):
+    callback = GradCAMCallback("features", num_samples=8)
+    with pytest.warns(UserWarning, match="asked for 8 samples, the validate dataset has 5"):
+        trainer, _ = fit(tmp_path, [callback], max_epochs=2, data=StripeData(n_val=5))
+    exact, _ = fit(tmp_path / "exact", [GradCAMCallback("features", num_samples=5)],
+                   max_epochs=1, data=StripeData(n_val=5))
+    widths = {e.width for e in logged_images(trainer, "gradcam/features/overlay")}
+    assert widths == {logged_images(exact, "gradcam/features/overlay")[0].width}
+
+
+def test_second_validation_dataloader(tmp_path):
+    data = StripeData()
+    other = StripeDataset(6, seed=9)
+    data.val_dataloader = lambda: [DataLoader(data.val_set, batch_size=8),
+                                   DataLoader(other, batch_size=8)]
+    seen = []
+    callback = GradCAMCallback("features", num_samples=2, dataloader_idx=1,
+                               batch_to_input=lambda b: seen.append(b[0]) or b)
+    fit(tmp_path, [callback], max_epochs=1, data=data)
+    assert torch.equal(seen[0], torch.stack([other[0][0], other[1][0]]))
+
+    bad = GradCAMCallback("features", dataloader_idx=2)
+    with pytest.raises(ValueError, match=r"dataloader_idx=2.*there are 2 validate.*valid: 0\.\.1"):
+        fit(tmp_path / "bad", [bad], max_epochs=1, data=data)
+
+
+def test_without_tensorboard_writes_pngs_and_warns_once(tmp_path):
+    callback = GradCAMCallback("features", num_samples=3)
+    logger = CSVLogger(tmp_path, name="csv")
+    with pytest.warns(UserWarning, match="no TensorBoardLogger") as record:
+        fit(tmp_path, [callback], max_epochs=2, logger=logger)
+    assert sum("no TensorBoardLogger" in str(w.message) for w in record) == 1
+    pngs = sorted((tmp_path / "csv" / "version_0" / "gradcam").glob("*.png"))
+    assert [p.name for p in pngs] == ["features_overlay_step0000006.png",
+                                      "features_overlay_step0000012.png"]
+    with Image.open(pngs[0]) as png:
+        assert png.width > 3 * 96 and np.asarray(png).std() > 20
+
+
+def test_validate_and_test_log_too(tmp_path):
+    callback = GradCAMCallback("features", num_samples=3)
+    trainer, model = fit(tmp_path, [callback], max_epochs=1)
+    trainer.validate(model, StripeData())  # under torch.inference_mode
+    trainer.test(model, StripeData())
+    assert len(logged_images(trainer, "gradcam/features/overlay")) == 2
+    assert len(logged_images(trainer, "gradcam/features/test/overlay")) == 1
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_precision(tmp_path, precision):
+    trainer, _ = fit(tmp_path, [GradCAMCallback("features")], max_epochs=1, precision=precision)
+    picture = decode(logged_images(trainer, "gradcam/features/overlay")[0])
+    assert picture.std() > 20
+
+
+def test_two_layers_coexist_and_resume_from_a_weights_only_checkpoint(tmp_path):
+    first = [GradCAMCallback("features.0"), GradCAMCallback("features", sample_indices=[3, 1])]
+    assert first[0].state_key != first[1].state_key
+    trainer, _ = fit(tmp_path, first, max_epochs=1)
+    checkpoint_path = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(checkpoint_path)
+    saved = torch.load(checkpoint_path, weights_only=True)
+    assert saved["callbacks"][first[1].state_key]["sample_indices"] == [3, 1]
+
+    resumed = [GradCAMCallback("features.0"), GradCAMCallback("features", num_samples=2)]
+    seed_everything(0)
+    trainer = Trainer(max_epochs=2, logger=TensorBoardLogger(tmp_path, name="tb"),
+                      callbacks=resumed, **QUIET)
+    trainer.fit(LitTiny(), StripeData(), ckpt_path=checkpoint_path, weights_only=True)
+    assert resumed[1].state_dict()["sample_indices"] == [3, 1]  # same samples after resume
+    for tag in ("gradcam/features.0/overlay", "gradcam/features/overlay"):
+        assert [e.step for e in logged_images(trainer, tag)] == [12]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"num_samples": 0}, r"num_samples=0\): must be an int >= 1"),
+        ({"every_n_epochs": 0}, r"every_n_epochs=0\): must be an int >= 1"),
+        ({"method": "gradcan"}, r"method='gradcan'\): valid methods are gradcam, gradcam\+\+"),
+        ({"colormap": "jett"}, r"colormap='jett'\).*unknown colormap.*'jet'"),
+        ({"mean": [0.5, 0.5], "std": [0.2]}, r"mean=\[0.5, 0.5\], std=\[0.2\]\): need the same"),
+        ({"mean": [0.5]}, r"pass both"),
+        ({"std": [0.0], "mean": [0.1]}, r"std=\[0.0\]\): every std must be > 0"),
+        ({"target": "labels"}, r"target='labels'\): valid targets are 'predicted', 'label'"),
+        ({"target": -1}, r"target=-1\): valid targets"),
+        ({"alpha": 2}, r"alpha=2\): must be in \[0, 1\]"),
+        ({"sample_indices": []}, r"sample_indices=\[\]\): give a non-empty list"),
+        ({"max_image_size": 4}, r"max_image_size=4\): must be an int >= 16"),
+        ({"target_layer": 3}, r"target_layer=3\): pass the layer's dotted name"),
+    ],
+)
+def test_bad_arguments_fail_at_construction_naming_the_argument(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        GradCAMCallback(**kwargs)
+
+
+def test_unknown_layer_fails_at_setup_with_close_matches(tmp_path):
+    with pytest.raises(ValueError, match=r"'featurs' is not a module.*Closest names: 'features'"):
+        fit(tmp_path, [GradCAMCallback("featurs")], max_epochs=1)
+
+
+def test_a_target_class_beyond_the_outputs_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match=r"target class 7 is out of range .* 3 outputs"):
+        fit(tmp_path, [GradCAMCallback("features", target=7)], max_epochs=1)
+
+
+def test_label_target_without_labels_fails_clearly(tmp_path):
+    callback = GradCAMCallback("features", target="label", label_key="missing")
+    with pytest.raises(ValueError, match=r"target='label'\) needs labels.*label_key"):
+        fit(tmp_path, [callback], max_epochs=1, data=StripeData(as_dict=True))
+
+
+def test_sharded_strategies_are_refused_with_a_reason():
+    class FakeFSDP:
+        pass
+
+    FakeFSDP.__name__ = "FSDPStrategy"
+    trainer = type("T", (), {"strategy": FakeFSDP()})()
+    with pytest.raises(ValueError, match=r"does not support FSDPStrategy.*strategy='ddp'"):
+        GradCAMCallback("features").setup(trainer, LitTiny(), "fit")
