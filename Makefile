@@ -10,7 +10,7 @@ DEMO_OUT ?= demo_output
 .PHONY: help test lint demo clean
 
 help:
-	@echo "make demo  - create $(VENV), install, run the example, write PNGs to $(DEMO_OUT)/"
+	@echo "make demo  - create $(VENV), install, run the shortcut-learning example (CPU, ~1 min)"
 	@echo "make test  - create $(VENV), install with dev extras, run lint and the test suite"
 
 $(BIN)/python:
@@ -36,7 +36,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed
-	$(BIN)/python examples/quickstart.py --out $(DEMO_OUT)
+	$(BIN)/python examples/shortcut_learning.py --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .hypothesis

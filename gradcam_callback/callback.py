@@ -15,14 +15,17 @@ from __future__ import annotations
 import itertools
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 from typing_extensions import override
@@ -30,9 +33,17 @@ from typing_extensions import override
 from gradcam_callback.cam import CAM_METHODS, compute_cam, explain_batch
 from gradcam_callback.hooks import preserved_rng_state
 from gradcam_callback.layers import resolve_layer
+from gradcam_callback.metrics import (
+    attention_drift,
+    border_energy,
+    energy_in_mask,
+    pointing_game,
+)
 from gradcam_callback.render import (
     annotated_grid,
     colormap_lut,
+    filmstrip,
+    filmstrip_frames,
     heatmap,
     overlay,
     resize_tiles,
@@ -44,6 +55,7 @@ __all__ = ["GradCAMCallback"]
 
 _TARGET_WORDS = ("predicted", "label", "both")
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+_HISTORY_SIZE = 64  # longer side of the maps kept per run for drift and the filmstrip
 
 
 class GradCAMCallback(Callback):
@@ -57,7 +69,16 @@ class GradCAMCallback(Callback):
     "input" and the CAM overlay, each column captioned with the true label, the
     predicted label and its probability, and framed in red when the prediction is wrong.
 
-    The last logged grid stays available as ``last_grid`` (uint8 ``(3, H, W)``).
+    Scalars go to every logger at the same step, under ``gradcam/<layer>/``:
+    ``border_energy`` (the share of CAM mass in the outer 10% frame: borders, corner
+    patches, watermarks), ``energy_in_mask/<name>`` and ``pointing_game/<name>`` for each
+    region mask the batch provides, and from the second run on ``drift`` (against the
+    previous run) and ``drift_from_start`` (against the first); formulas in
+    :mod:`gradcam_callback.metrics`. At the end of fit, ``gradcam/<layer>/filmstrip`` shows
+    every sample's map across the runs in one picture, also saved as a PNG.
+
+    The last grid and scalars stay available as ``last_grid`` (uint8 ``(3, H, W)``) and
+    ``last_metrics``.
 
     Explaining the model has no effect on training: the model runs in eval mode for the
     computation only, no ``.grad`` is touched, and the global RNG states are restored, so
@@ -94,6 +115,11 @@ class GradCAMCallback(Callback):
         reshape_transform: for non-spatial layers such as ViT blocks, e.g.
             ``gradcam_callback.vit_reshape_transform()``.
         output_transform: picks the logits out of a model output that is not a tensor.
+        mask_keys: keys of dict batches holding region masks ``(N, H, W)`` to measure CAM
+            energy in; ``None`` takes every key ending in ``"_mask"``.
+        mask_fn: a callable ``batch -> {name: (N, H, W) bool mask}``, for other formats.
+        filmstrip_max: at most this many runs (columns) in the filmstrip, evenly spread.
+        save_gif: also write an animated GIF of each sample's maps over the runs.
 
     Raises:
         ValueError: an argument out of its valid range (the message names it and says what
@@ -129,6 +155,10 @@ class GradCAMCallback(Callback):
         max_image_size: int | None = 256,
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         output_transform: Callable[[Any], Tensor] | None = None,
+        mask_keys: Sequence[str] | None = None,
+        mask_fn: Callable[[Any], dict[str, Tensor]] | None = None,
+        filmstrip_max: int = 12,
+        save_gif: bool = False,
     ) -> None:
         super().__init__()
         if target_layer is not None and not isinstance(target_layer, str):
@@ -138,6 +168,11 @@ class GradCAMCallback(Callback):
             )
         _check_positive_int("num_samples", num_samples)
         _check_positive_int("every_n_epochs", every_n_epochs)
+        _check_positive_int("filmstrip_max", filmstrip_max)
+        if filmstrip_max < 2:
+            raise ValueError(
+                f"GradCAMCallback(filmstrip_max={filmstrip_max}): must be >= 2 (first and last run)"
+            )
         if method not in CAM_METHODS:
             raise ValueError(
                 f"GradCAMCallback(method={method!r}): valid methods are {', '.join(CAM_METHODS)}"
@@ -198,10 +233,18 @@ class GradCAMCallback(Callback):
         self.max_image_size = max_image_size
         self.reshape_transform = reshape_transform
         self.output_transform = output_transform
+        self.mask_keys = list(mask_keys) if mask_keys is not None else None
+        self.mask_fn = mask_fn
+        self.filmstrip_max = filmstrip_max
+        self.save_gif = save_gif
 
+        self.last_metrics: dict[str, float] = {}
+        self._history_maps: list[Tensor] = []
+        self._history_epochs: list[int] = []
+        self._history_steps: list[int] = []
         self.last_grid: Tensor | None = None
         self._layer_name: str | None = target_layer
-        self._batches: dict[str, tuple[Tensor, Tensor | None]] = {}
+        self._batches: dict[str, _FixedBatch] = {}
         self._used_indices: list[int] | None = None
         self._png_dir: Path | None = None
         self._warned: set[str] = set()
@@ -245,25 +288,35 @@ class GradCAMCallback(Callback):
         return fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0
 
     def log_cams(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Compute and log the grid now (rank zero only; other ranks return at once).
+        """Compute and log the grid and the scalars now (rank zero only; others return).
 
         Args:
             trainer: the running trainer.
             pl_module: the model being trained.
             stage: ``"validate"`` or ``"test"``: whose dataloader to take samples from.
+                Validation runs also extend the drift history and the filmstrip.
         """
         if not trainer.is_global_zero:
             return
         with preserved_rng_state(pl_module.device):
-            grid = self._grid(trainer, pl_module, stage)
-            self.last_grid = grid
-            tag = f"gradcam/{self._layer_name}/" + ("overlay" if stage == "validate"
-                                                  else f"{stage}/overlay")
-            self._log_image(trainer, tag, grid)
+            batch = self._fixed_batch(trainer, stage)
+            inputs = trainer.precision_plugin.convert_input(batch.inputs.to(pl_module.device))
+            explained, logits = self._explain(pl_module, inputs, batch.labels)
+            self.last_grid = self._grid(batch, explained, logits)
+            prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
+            self._log_image(trainer, prefix + "overlay", self.last_grid)
+            primary = explained[0][0].cpu()
+            metrics = self._measure(primary, batch.masks)
+            if stage == "validate":
+                metrics.update(self._remember(primary, trainer))
+            self.last_metrics = {prefix + name: value for name, value in metrics.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(self.last_metrics, step=trainer.global_step)
 
-    def _grid(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> Tensor:
-        inputs, labels = self._fixed_batch(trainer, stage)
-        inputs = trainer.precision_plugin.convert_input(inputs.to(pl_module.device))
+    def _explain(
+        self, pl_module: LightningModule, inputs: Tensor, labels: Tensor | None
+    ) -> tuple[list[tuple[Tensor, str]], Tensor]:
+        """The maps to show, each with its row title, and the logits of the forward pass."""
         common = {
             "method": self.method,
             "reshape_transform": self.reshape_transform,
@@ -275,13 +328,21 @@ class GradCAMCallback(Callback):
         )
         self._layer_name = result.layer_name
         name = "Grad-CAM" if self.method == "gradcam" else self.method
-        explained = [(result.cams, name + (" (label)" if self.target == "label" else ""))]
-        if self.target == "both":
-            by_label = compute_cam(pl_module, inputs, self._layer_name,
-                                   self._targets("label", labels), **common)
-            explained = [(result.cams, f"{name} (predicted)"), (by_label, f"{name} (label)")]
+        if self.target != "both":
+            return [(result.cams, name + (" (label)" if self.target == "label" else ""))], \
+                result.logits
+        by_label = compute_cam(pl_module, inputs, self._layer_name,
+                               self._targets("label", labels), **common)
+        return [(result.cams, f"{name} (predicted)"), (by_label, f"{name} (label)")], \
+            result.logits
 
-        images = resize_tiles(to_display(inputs.cpu(), self.mean, self.std), self.max_image_size)
+    def _display_images(self, batch: _FixedBatch) -> Tensor:
+        return resize_tiles(to_display(batch.inputs, self.mean, self.std), self.max_image_size)
+
+    def _grid(
+        self, batch: _FixedBatch, explained: list[tuple[Tensor, str]], logits: Tensor
+    ) -> Tensor:
+        images = self._display_images(batch)
         rows, titles = [to_uint8(images)], ["input"]
         for cams, title in explained:
             cams = F.interpolate(cams.cpu().unsqueeze(1), size=images.shape[-2:],
@@ -291,8 +352,78 @@ class GradCAMCallback(Callback):
             if self.show_heatmap:
                 rows.append(to_uint8(heatmap(cams, colormap=self.colormap)))
                 titles.append("heatmap")
-        captions, wrong = self._captions(result.logits.float().cpu(), labels)
+        captions, wrong = self._captions(logits.float().cpu(), batch.labels)
         return annotated_grid(rows, titles, captions, wrong)
+
+    def _measure(self, cams: Tensor, masks: dict[str, Tensor]) -> dict[str, float]:
+        metrics = {"border_energy": border_energy(cams).mean().item()}
+        for name, mask in masks.items():
+            empty = ~mask.flatten(1).any(dim=1)
+            if empty.any():
+                self._warn_once(
+                    f"empty_{name}",
+                    f"GradCAMCallback: mask {name!r} is empty for samples "
+                    f"{empty.nonzero().flatten().tolist()}; their energy_in_mask and "
+                    "pointing_game count as 0.",
+                )
+            metrics[f"energy_in_mask/{name}"] = energy_in_mask(cams, mask).mean().item()
+            metrics[f"pointing_game/{name}"] = pointing_game(cams, mask).float().mean().item()
+        return metrics
+
+    def _remember(self, cams: Tensor, trainer: Trainer) -> dict[str, float]:
+        """Add this run's maps to the history; return the drift against the last and first."""
+        small = _shrink(cams, _HISTORY_SIZE).half()
+        drift = {}
+        if self._history_maps:
+            previous, first = self._history_maps[-1].float(), self._history_maps[0].float()
+            drift["drift"] = attention_drift(previous, small.float()).mean().item()
+            drift["drift_from_start"] = attention_drift(first, small.float()).mean().item()
+        self._history_maps.append(small)
+        self._history_epochs.append(trainer.current_epoch)
+        self._history_steps.append(trainer.global_step)
+        return drift
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.log_filmstrip(trainer)
+
+    def log_filmstrip(self, trainer: Trainer) -> Tensor | None:
+        """Log and save the filmstrip of the runs so far; called at the end of fit.
+
+        One image ``gradcam/<layer>/filmstrip``: a row per fixed sample, a column per logged
+        validation run (evenly subsampled to at most ``filmstrip_max``), the epoch above
+        each. Also written as a PNG (and, with ``save_gif``, an animated GIF per sample)
+        under ``<trainer.log_dir>/gradcam/``. Rank zero only.
+
+        Returns:
+            The filmstrip as uint8 ``(3, H, W)``, or ``None`` on other ranks or before any run.
+        """
+        if not trainer.is_global_zero or not self._history_maps:
+            return None
+        batch = self._fixed_batch(trainer, "validate")
+        runs = _evenly_spaced(len(self._history_maps), self.filmstrip_max)
+        history = torch.stack([self._history_maps[r] for r in runs])
+        titles = [f"epoch {self._history_epochs[r]}" for r in runs]
+        images = self._display_images(batch)
+        rows = [f"#{index}" + ("" if batch.labels is None
+                               else f" {self._class_name(int(batch.labels[i]))}")
+                for i, index in enumerate(batch.indices)]
+        style = {"colormap": self.colormap, "alpha": self.alpha}
+        strip = filmstrip(images, history, titles, rows, **style)
+        tag = f"gradcam/{self._layer_name}/filmstrip"
+        for logger in self._tensorboards(trainer):
+            logger.experiment.add_image(tag, strip, global_step=trainer.global_step,
+                                        dataformats="CHW")
+        out = self._output_dir()
+        _save_png(strip, out / f"{self._layer_name}_filmstrip.png")
+        if self.save_gif:
+            for index, frames in zip(batch.indices,
+                                     filmstrip_frames(images, history, titles, **style),
+                                     strict=True):
+                pictures = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames]
+                pictures[0].save(out / f"{self._layer_name}_sample{index}.gif", save_all=True,
+                                 append_images=pictures[1:], duration=700, loop=0)
+        return strip
 
     def _captions(
         self, logits: Tensor, labels: Tensor | None
@@ -332,10 +463,13 @@ class GradCAMCallback(Callback):
             return labels
         return target
 
-    def _fixed_batch(self, trainer: Trainer, stage: str) -> tuple[Tensor, Tensor | None]:
+    def _fixed_batch(self, trainer: Trainer, stage: str) -> _FixedBatch:
         if stage not in self._batches:
             loader = self._dataloader(trainer, stage)
-            self._batches[stage] = self._split(self._collate_samples(loader, stage))
+            collated, indices = self._collate_samples(loader, stage)
+            inputs, labels = self._split(collated)
+            self._batches[stage] = _FixedBatch(inputs.detach().cpu(), labels,
+                                               self._masks(collated, inputs), indices)
         return self._batches[stage]
 
     def _dataloader(self, trainer: Trainer, stage: str) -> DataLoader:
@@ -352,7 +486,7 @@ class GradCAMCallback(Callback):
             )
         return loaders[self.dataloader_idx]
 
-    def _collate_samples(self, loader: DataLoader, stage: str) -> Any:
+    def _collate_samples(self, loader: DataLoader, stage: str) -> tuple[Any, list[int]]:
         dataset = loader.dataset
         wanted = self._used_indices or self.sample_indices or list(range(self.num_samples))
         if isinstance(dataset, IterableDataset):
@@ -379,7 +513,7 @@ class GradCAMCallback(Callback):
             )
         self._used_indices = indices
         collate = loader.collate_fn or default_collate
-        return collate([items[i] for i in indices])
+        return collate([items[i] for i in indices]), indices
 
     def _split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         if self.batch_to_input is not None:
@@ -406,28 +540,64 @@ class GradCAMCallback(Callback):
         if not (isinstance(labels, Tensor) and labels.dim() == 1
                 and not labels.dtype.is_floating_point):
             labels = None  # one-hot, multi-label, masks...: not class indices, so not shown
-        return inputs, labels
+        return inputs, (labels.cpu() if labels is not None else None)
+
+    def _masks(self, batch: Any, inputs: Tensor) -> dict[str, Tensor]:
+        """Named regions ``(N, H, W)`` bool, from ``mask_fn`` or the batch's mask keys."""
+        if self.mask_fn is not None:
+            found = self.mask_fn(batch)
+            if not isinstance(found, dict):
+                raise ValueError(
+                    f"GradCAMCallback: mask_fn must return a dict name -> (N, H, W) mask, got "
+                    f"{type(found).__name__}"
+                )
+        elif isinstance(batch, dict):
+            keys = self.mask_keys if self.mask_keys is not None else [
+                k for k in batch if isinstance(k, str) and k.endswith("_mask")]
+            missing = [k for k in keys if k not in batch]
+            if missing:
+                raise ValueError(
+                    f"GradCAMCallback(mask_keys={list(keys)}): the batch has no {missing[0]!r}; "
+                    f"its keys are {sorted(map(str, batch))}"
+                )
+            found = {k: batch[k] for k in keys}
+        else:
+            return {}
+        masks = {}
+        for name, mask in found.items():
+            if not isinstance(mask, Tensor) or mask.dim() != 3 or mask.shape[0] != len(inputs):
+                shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(
+                    f"GradCAMCallback: mask {name!r} must be (N, H, W) with N = {len(inputs)}, "
+                    f"got {shape}"
+                )
+            masks[name] = mask.detach().cpu().bool()
+        return masks
+
+    @staticmethod
+    def _tensorboards(trainer: Trainer) -> list[TensorBoardLogger]:
+        return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+    def _output_dir(self) -> Path:
+        if self._png_dir is None:
+            raise RuntimeError("GradCAMCallback: setup() has not run; add it to a Trainer")
+        self._png_dir.mkdir(parents=True, exist_ok=True)
+        return self._png_dir
 
     def _log_image(self, trainer: Trainer, tag: str, grid: Tensor) -> None:
         step = trainer.global_step
-        tensorboards = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        tensorboards = self._tensorboards(trainer)
         for logger in tensorboards:
             logger.experiment.add_image(tag, grid, global_step=step, dataformats="CHW")
         if tensorboards:
             return
-        assert self._png_dir is not None
         self._warn_once(
             "no_tensorboard",
             f"GradCAMCallback found no TensorBoardLogger in trainer.loggers; writing PNGs to "
             f"{self._png_dir} instead.",
         )
-        self._png_dir.mkdir(parents=True, exist_ok=True)
         name = tag.removeprefix("gradcam/").replace("/", "_")
-        from PIL import Image
-
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(
-            self._png_dir / f"{name}_step{step:07d}.png"
-        )
+        _save_png(grid, self._output_dir() / f"{name}_step{step:07d}.png")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -436,13 +606,55 @@ class GradCAMCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"layer_name": self._layer_name, "sample_indices": self._used_indices}
+        return {
+            "layer_name": self._layer_name,
+            "sample_indices": self._used_indices,
+            "history_epochs": list(self._history_epochs),
+            "history_steps": list(self._history_steps),
+            "history_maps": torch.stack(self._history_maps) if self._history_maps else None,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._layer_name = state_dict.get("layer_name", self._layer_name)
         self._used_indices = state_dict.get("sample_indices")
+        maps = state_dict.get("history_maps")
+        self._history_maps = list(maps.unbind(0)) if maps is not None else []
+        self._history_epochs = list(state_dict.get("history_epochs", []))
+        self._history_steps = list(state_dict.get("history_steps", []))
         self._batches.clear()
+
+
+@dataclass
+class _FixedBatch:
+    """The samples the callback explains, kept on the CPU for the whole run."""
+
+    inputs: Tensor
+    labels: Tensor | None
+    masks: dict[str, Tensor]
+    indices: list[int]
+
+
+def _shrink(cams: Tensor, size: int) -> Tensor:
+    """Maps with the longer side at most ``size`` (antialiased), for the history."""
+    height, width = cams.shape[-2:]
+    scale = size / max(height, width)
+    if scale >= 1:
+        return cams
+    target = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(cams.unsqueeze(1), size=target, mode="bilinear", antialias=True,
+                         align_corners=False).squeeze(1)
+
+
+def _evenly_spaced(count: int, limit: int) -> list[int]:
+    """At most ``limit`` indices of ``range(count)``, evenly spread, first and last included."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
+
+
+def _save_png(picture: Tensor, path: Path) -> None:
+    Image.fromarray(picture.permute(1, 2, 0).numpy()).save(path)
 
 
 def _check_positive_int(name: str, value: object) -> None:

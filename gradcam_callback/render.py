@@ -16,7 +16,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-__all__ = ["annotated_grid", "colormap_lut", "heatmap", "overlay", "resize_tiles", "to_display"]
+__all__ = [
+    "annotated_grid", "colormap_lut", "filmstrip", "filmstrip_frames", "heatmap", "overlay",
+    "resize_tiles", "to_display", "to_uint8",
+]
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
@@ -210,6 +213,63 @@ def annotated_grid(
         middle = caption_h + r * (tile_h + GAP) + tile_h // 2 - line_h // 2
         draw.text((GAP, middle), title, fill=TEXT, font=font)
     return torch.from_numpy(_as_array(picture)).permute(2, 0, 1).contiguous()
+
+
+def filmstrip(
+    images: Tensor,
+    history: Tensor,
+    column_titles: Sequence[str],
+    row_titles: Sequence[str],
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+) -> Tensor:
+    """Attention over time in one picture: a row per sample, a column per logged run.
+
+    Args:
+        images: float ``(N, 3, H, W)`` display images in ``[0, 1]``.
+        history: ``(R, N, h, w)`` maps in ``[0, 1]``, one batch per run (resized to ``H, W``).
+        column_titles: one per run, e.g. ``"epoch 3"``.
+        row_titles: one per sample.
+
+    Returns:
+        uint8 ``(3, height, width)``; the first column is the plain input.
+    """
+    runs = _overlays_per_run(images, history, colormap, alpha)  # (R, N, 3, H, W)
+    rows = [torch.cat([to_uint8(images[i : i + 1]), runs[:, i]]) for i in range(images.shape[0])]
+    captions = [["input"], *([title] for title in column_titles)]
+    return annotated_grid(rows, row_titles, captions)
+
+
+def filmstrip_frames(
+    images: Tensor,
+    history: Tensor,
+    column_titles: Sequence[str],
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+) -> list[list[Tensor]]:
+    """Per sample, one captioned uint8 ``(3, h, w)`` frame per run (for animated GIFs)."""
+    runs = _overlays_per_run(images, history, colormap, alpha)
+    return [
+        [annotated_grid([runs[r, i : i + 1]], [""], [[title]]) for r, title in
+         enumerate(column_titles)]
+        for i in range(images.shape[0])
+    ]
+
+
+def _overlays_per_run(images: Tensor, history: Tensor, colormap: str, alpha: float) -> Tensor:
+    count, _, height, width = images.shape
+    if history.dim() != 4 or history.shape[1] != count:
+        raise ValueError(
+            f"history must be (runs, {count}, h, w) to match {count} images, got "
+            f"{tuple(history.shape)}"
+        )
+    maps = F.interpolate(history.float().flatten(0, 1).unsqueeze(1), size=(height, width),
+                         mode="bilinear", align_corners=False).squeeze(1)
+    repeated = images.repeat(history.shape[0], 1, 1, 1)
+    blended = overlay(repeated, maps.clamp(0, 1), colormap=colormap, alpha=alpha)
+    return blended.view(history.shape[0], count, 3, height, width)
 
 
 def _fit(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str:

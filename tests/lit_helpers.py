@@ -85,3 +85,20 @@ class StripeData(LightningDataModule):
 
     def test_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+class ShapesData(LightningDataModule):
+    """ShortcutShapes dict batches (with object_mask and shortcut_mask) at 32 px."""
+
+    def __init__(self, n_train: int = 64, n_val: int = 8) -> None:
+        super().__init__()
+        from gradcam_callback.synthetic import ShortcutShapes
+
+        self.train_set = ShortcutShapes(n_train, image_size=32, seed=1)
+        self.val_set = ShortcutShapes(n_val, image_size=32, seed=2, shortcut_prob=0.0)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=16, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=16)

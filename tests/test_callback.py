@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from gradcam_callback import GradCAMCallback
-from tests.lit_helpers import CLASS_NAMES, LitTiny, StripeData, StripeDataset
+from tests.lit_helpers import CLASS_NAMES, LitTiny, ShapesData, StripeData, StripeDataset
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
 
@@ -36,6 +37,14 @@ def fit(tmp_path, callbacks, max_epochs=2, data=None, model=None, logger=True, *
                       default_root_dir=tmp_path, **QUIET, **trainer_kwargs)
     trainer.fit(model, data or StripeData())
     return trainer, model
+
+
+def logged_scalars(trainer, tag):
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    if tag not in events.Tags()["scalars"]:
+        return {}
+    return {e.step: e.value for e in events.Scalars(tag)}
 
 
 def logged_images(trainer, tag):
@@ -193,8 +202,10 @@ def test_without_tensorboard_writes_pngs_and_warns_once(tmp_path):
         fit(tmp_path, [callback], max_epochs=2, logger=logger)
     assert sum("no TensorBoardLogger" in str(w.message) for w in record) == 1
     pngs = sorted((tmp_path / "csv" / "version_0" / "gradcam").glob("*.png"))
-    assert [p.name for p in pngs] == ["features_overlay_step0000006.png",
+    assert [p.name for p in pngs] == ["features_filmstrip.png",
+                                      "features_overlay_step0000006.png",
                                       "features_overlay_step0000012.png"]
+    pngs = pngs[1:]
     with Image.open(pngs[0]) as png:
         assert png.width > 3 * 96 and np.asarray(png).std() > 20
 
@@ -281,3 +292,103 @@ def test_sharded_strategies_are_refused_with_a_reason():
     trainer = type("T", (), {"strategy": FakeFSDP()})()
     with pytest.raises(ValueError, match=r"does not support FSDPStrategy.*strategy='ddp'"):
         GradCAMCallback("features").setup(trainer, LitTiny(), "fit")
+
+
+def test_callable_target_and_max_image_size(tmp_path):
+    small = GradCAMCallback("features", num_samples=2, max_image_size=64,
+                            target=lambda logits: logits[:, 0])
+    default = GradCAMCallback("features.0", num_samples=2)
+    trainer, _ = fit(tmp_path, [small, default], max_epochs=1)
+    small_image = logged_images(trainer, "gradcam/features/overlay")[0]
+    default_image = logged_images(trainer, "gradcam/features.0/overlay")[0]
+    # 32 px inputs: upscaled to 128 px tiles by default, capped at 64 px here
+    assert default_image.width - small_image.width == 2 * (128 - 64)
+
+
+def test_every_tensorboard_logger_gets_the_grid(tmp_path):
+    loggers = [TensorBoardLogger(tmp_path, name="a"), TensorBoardLogger(tmp_path, name="b")]
+    fit(tmp_path, [GradCAMCallback("features", num_samples=2)], max_epochs=1,
+        logger=loggers)
+    for logger in loggers:
+        events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+        events.Reload()
+        assert [e.step for e in events.Images("gradcam/features/overlay")] == [6]
+
+
+def test_scalars_drift_and_mask_energies_are_logged(tmp_path):
+    callback = GradCAMCallback("features", num_samples=4)
+    trainer, _ = fit(tmp_path, [callback], max_epochs=3, data=ShapesData())
+    prefix = "gradcam/features/"
+    border = logged_scalars(trainer, prefix + "border_energy")
+    assert sorted(border) == [4, 8, 12] and all(0 <= v <= 1 for v in border.values())
+    assert sorted(logged_scalars(trainer, prefix + "drift")) == [8, 12]  # from the 2nd run
+    assert sorted(logged_scalars(trainer, prefix + "drift_from_start")) == [8, 12]
+    for region in ("object_mask", "shortcut_mask"):  # found by their "_mask" suffix
+        energy = logged_scalars(trainer, f"{prefix}energy_in_mask/{region}")
+        hits = logged_scalars(trainer, f"{prefix}pointing_game/{region}")
+        assert sorted(energy) == sorted(hits) == [4, 8, 12]
+        assert all(v in (0.0, 0.25, 0.5, 0.75, 1.0) for v in hits.values())  # 4 samples
+    assert callback.last_metrics[prefix + "drift"] == pytest.approx(
+        logged_scalars(trainer, prefix + "drift")[12])
+
+
+def test_filmstrip_at_the_end_of_fit_with_png_and_gifs(tmp_path):
+    callback = GradCAMCallback("features", num_samples=3, save_gif=True, filmstrip_max=3)
+    trainer, _ = fit(tmp_path, [callback], max_epochs=5)
+    strips = logged_images(trainer, "gradcam/features/filmstrip")
+    assert [e.step for e in strips] == [30]
+    grid_width = logged_images(trainer, "gradcam/features/overlay")[0].width
+    assert strips[0].width > grid_width  # input + 3 run columns, wider than 3 sample columns
+    folder = Path(trainer.log_dir) / "gradcam"
+    with Image.open(folder / "features_filmstrip.png") as png:
+        assert (png.width, png.height) == (strips[0].width, strips[0].height)
+    for index in range(3):
+        with Image.open(folder / f"features_sample{index}.gif") as gif:
+            assert gif.n_frames == 3  # runs 0, 2, 4 of 5, evenly spread
+
+
+def test_drift_history_survives_a_weights_only_resume(tmp_path):
+    first = GradCAMCallback("features", num_samples=4)
+    trainer, _ = fit(tmp_path, [first], max_epochs=2, data=ShapesData())
+    checkpoint = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    state = torch.load(checkpoint, weights_only=True)["callbacks"][first.state_key]
+    assert state["history_epochs"] == [0, 1] and state["history_steps"] == [4, 8]
+    assert state["history_maps"].shape == (2, 4, 32, 32)  # 2 runs x 4 samples, float16
+    bytes_per_run = state["history_maps"][0].numel() * state["history_maps"].element_size()
+    assert bytes_per_run == 4 * 32 * 32 * 2
+
+    resumed = GradCAMCallback("features", num_samples=4)
+    seed_everything(0)
+    trainer = Trainer(max_epochs=3, logger=TensorBoardLogger(tmp_path, name="tb"),
+                      callbacks=[resumed], **QUIET)
+    trainer.fit(LitTiny(), ShapesData(), ckpt_path=checkpoint, weights_only=True)
+    assert resumed.state_dict()["history_epochs"] == [0, 1, 2]
+    strip = logged_images(trainer, "gradcam/features/filmstrip")[0]
+    assert strip.width > 3 * 128  # the filmstrip spans the runs from before the resume
+
+
+def test_mask_fn_and_missing_mask_keys(tmp_path):
+    def regions(batch):
+        image = batch["image"]
+        left = torch.zeros(image.shape[0], *image.shape[-2:], dtype=torch.bool)
+        left[:, :, :16] = True
+        return {"left_half": left}
+
+    trainer, _ = fit(tmp_path / "fn", [GradCAMCallback("features", mask_fn=regions)],
+                     max_epochs=1, data=ShapesData())
+    assert logged_scalars(trainer, "gradcam/features/energy_in_mask/left_half")
+
+    with pytest.raises(ValueError, match=r"mask_keys=\['region'\]\): the batch has no 'region'"):
+        fit(tmp_path / "bad", [GradCAMCallback("features", mask_keys=["region"])],
+            max_epochs=1, data=ShapesData())
+
+
+def test_an_empty_mask_warns_once_and_counts_as_zero(tmp_path):
+    def empty(batch):
+        return {"nothing": torch.zeros(len(batch["image"]), 32, 32, dtype=torch.bool)}
+
+    with pytest.warns(UserWarning, match=r"mask 'nothing' is empty for samples \[0, 1, 2"):
+        trainer, _ = fit(tmp_path, [GradCAMCallback("features", mask_fn=empty)], max_epochs=2,
+                         data=ShapesData())
+    assert set(logged_scalars(trainer, "gradcam/features/energy_in_mask/nothing").values()) == {0}

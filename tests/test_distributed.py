@@ -26,7 +26,8 @@ def test_ddp_two_cpu_processes_log_once_per_validation_run(tmp_path):
     run_ddp(tmp_path, "tensorboard")
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
     events.Reload()
-    assert events.Tags()["images"] == ["gradcam/features/overlay"]
+    assert sorted(events.Tags()["images"]) == ["gradcam/features/filmstrip",
+                                               "gradcam/features/overlay"]
     steps = [e.step for e in events.Images("gradcam/features/overlay")]
     assert steps == [3, 6]  # 96 samples / 2 ranks / 16 per batch: one image per run, no repeats
 
@@ -34,4 +35,5 @@ def test_ddp_two_cpu_processes_log_once_per_validation_run(tmp_path):
 def test_ddp_without_tensorboard_writes_each_png_once_and_does_not_hang(tmp_path):
     run_ddp(tmp_path, "none")  # trainer.log_dir is a collective: a rank-zero-only call would hang
     pngs = sorted(p.name for p in (tmp_path / "gradcam").glob("*.png"))
-    assert pngs == ["features_overlay_step0000003.png", "features_overlay_step0000006.png"]
+    assert pngs == ["features_filmstrip.png", "features_overlay_step0000003.png",
+                    "features_overlay_step0000006.png"]
