@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch torchvision
 DEMO_OUT ?= demo_output
 
-.PHONY: help test lint demo clean
+.PHONY: help test lint demo bench clean
 
 help:
 	@echo "make demo  - create $(VENV), install, run the shortcut-learning example (CPU, ~1 min)"
 	@echo "make test  - create $(VENV), install with dev extras, run lint and the test suite"
+	@echo "make bench - run the benchmarks in benchmarks/ (a few minutes, CPU)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +41,7 @@ demo: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .hypothesis
+
+bench: $(VENV)/.installed-dev
+	cd benchmarks && for b in cam_speed render_cost callback_overhead memory; do \
+		echo "== $$b"; ../$(BIN)/python $$b.py || exit 1; echo; done

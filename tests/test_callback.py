@@ -392,3 +392,18 @@ def test_an_empty_mask_warns_once_and_counts_as_zero(tmp_path):
         trainer, _ = fit(tmp_path, [GradCAMCallback("features", mask_fn=empty)], max_epochs=2,
                          data=ShapesData())
     assert set(logged_scalars(trainer, "gradcam/features/energy_in_mask/nothing").values()) == {0}
+
+
+def test_jpeg_grids_are_smaller_and_decode(tmp_path):
+    sizes = {}
+    for image_format in ("png", "jpeg"):
+        callback = GradCAMCallback("features", image_format=image_format)
+        trainer, _ = fit(tmp_path / image_format, [callback], max_epochs=1)
+        event = logged_images(trainer, "gradcam/features/overlay")[0]
+        with Image.open(io.BytesIO(event.encoded_image_string)) as picture:
+            assert picture.format == image_format.upper()
+            assert picture.size == (event.width, event.height)
+        sizes[image_format] = len(event.encoded_image_string)
+    assert sizes["jpeg"] < sizes["png"]
+    with pytest.raises(ValueError, match=r"image_format='gif'\): valid formats are png, jpeg"):
+        GradCAMCallback(image_format="gif")

@@ -1,0 +1,119 @@
+"""What the callback costs a training run (issue goal 3).
+
+The demo's workload (examples/shortcut_learning.py: a small CNN on 1536 generated 64x64
+images, 256 validation images), fit for a few epochs with ``GradCAMCallback`` at its
+defaults and without it, alternating; then one run with timers around each step of an
+invocation.
+
+    python benchmarks/callback_overhead.py [--device cuda] [--threads 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import statistics
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from _common import machine, parse_args, table, verdict
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from gradcam_callback import GradCAMCallback
+from gradcam_callback.callback import GradCAMCallback as CallbackClass
+from gradcam_callback.synthetic import ShortcutShapes
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shortcut_learning.py"
+EPOCHS = 3
+
+
+def load_model_class():
+    spec = importlib.util.spec_from_file_location("shortcut_learning", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SmallCNN
+
+
+def fit_seconds(model_class, callbacks, log_dir: str, device: str) -> float:
+    seed_everything(0, verbose=False)
+    train = DataLoader(ShortcutShapes(1536, seed=1), batch_size=64, shuffle=True)
+    val = DataLoader(ShortcutShapes(256, seed=2, shortcut_prob=0.0), batch_size=128)
+    trainer = Trainer(max_epochs=EPOCHS, callbacks=callbacks, logger=TensorBoardLogger(log_dir),
+                      accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=10)
+    start = time.perf_counter()
+    trainer.fit(model_class(), train, val)
+    return time.perf_counter() - start
+
+
+def timed(spent: dict[str, list[float]], key: str, method):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            spent[key].append(time.perf_counter() - start)
+
+    return wrapper
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], rounds=3)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    model_class = load_model_class()
+    print(f"Machine: {machine(args)}")
+    print(f"Workload: the demo's, {EPOCHS} epochs; median of {args.rounds} alternating rounds\n")
+
+    with TemporaryDirectory() as tmp:
+        fit_seconds(model_class, [], tmp, args.device)  # warm-up: imports, allocator, threads
+        without, with_callback = [], []
+        for _ in range(args.rounds):
+            without.append(fit_seconds(model_class, [], tmp, args.device))
+            with_callback.append(fit_seconds(model_class, [GradCAMCallback("features")], tmp,
+                                             args.device))
+        ratio = statistics.median(with_callback) / statistics.median(without)
+
+        spent: dict[str, list[float]] = defaultdict(list)
+        originals = {name: getattr(CallbackClass, name) for name in
+                     ("_collate_samples", "_explain", "_measure", "_remember", "_grid",
+                      "_log_image", "log_cams", "log_filmstrip")}
+        for name, method in originals.items():
+            setattr(CallbackClass, name, timed(spent, name, method))
+        try:
+            fit_seconds(model_class, [GradCAMCallback("features")], tmp, args.device)
+        finally:
+            for name, method in originals.items():
+                setattr(CallbackClass, name, method)
+
+    def ms(key: str) -> float:
+        return 1e3 * statistics.mean(spent[key]) if spent[key] else 0.0
+
+    parts = {
+        "fixed-batch fetch (first run only)": ms("_collate_samples"),
+        "CAM (forward + autograd.grad)": ms("_explain"),
+        "metrics (energy, drift, history)": ms("_measure") + ms("_remember"),
+        "rendering (annotated grid)": ms("_grid"),
+        "logging (image + scalars)": ms("_log_image"),
+    }
+    rest = ms("log_cams") - sum(parts.values()) + parts["fixed-batch fetch (first run only)"] * (
+        1 - 1 / max(1, len(spent["log_cams"])))
+    rows = [("fit with callback / without", f"{ratio:.3f}", "<= 1.03", verdict(ratio, 1.03),
+             f"{statistics.median(with_callback):.2f} s / {statistics.median(without):.2f} s")]
+    print(table(rows, ("measure", "value", "goal", "", "times")))
+    print(f"\nOne invocation (mean of {len(spent['log_cams'])}), 8 samples at 64x64:")
+    breakdown = [(name, f"{value:.1f} ms") for name, value in parts.items()]
+    breakdown += [("other (RNG save/restore, device moves)", f"{max(rest, 0):.1f} ms"),
+                  ("total per invocation", f"{ms('log_cams'):.1f} ms"),
+                  ("filmstrip at the end of fit (once)", f"{ms('log_filmstrip'):.1f} ms")]
+    print(table(breakdown, ("step", "time")))
+
+
+if __name__ == "__main__":
+    main()
