@@ -15,8 +15,8 @@ xgradcam       ``sum_k w_k A_k`` with ``w_k = sum_ij G_kij A_kij / (sum_ij A_kij
 hirescam       ``sum_k G_k * A_k``
 layercam       ``sum_k relu(G_k) * A_k``
 eigencam       projection of the centred activations (rows = positions, columns =
-               channels) on their first principal component; no gradients. An SVD
-               fixes a component only up to sign: we choose the sign that makes the
+               channels) on their first principal component; no gradients. The
+               component is fixed only up to sign: we choose the sign that makes the
                projection correlate positively with the channel sum of ``A``, so the
                map is high where the layer is most active.
 =============  =========================================================================
@@ -94,12 +94,31 @@ def _eigencam(acts: Tensor, _grads: Tensor | None) -> Tensor:
     n, c, h, w = acts.shape
     positions = acts.reshape(n, c, h * w).transpose(1, 2)  # (N, hw, C)
     centred = positions - positions.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    projection = (centred @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)  # (N, hw)
+    projection = _first_component_projection(centred)  # (N, hw)
     activity = positions.sum(dim=2)
     agreement = (projection * (activity - activity.mean(dim=1, keepdim=True))).sum(dim=1)
     sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
     return (projection * sign.unsqueeze(1)).reshape(n, h, w)
+
+
+def _first_component_projection(centred: Tensor) -> Tensor:
+    """``X v1`` for each ``X`` of ``(N, rows, cols)``, ``v1`` its first right singular vector.
+
+    Equal to ``u1 * s1`` of the SVD, but found as the top eigenvector of the smaller Gram
+    matrix (``X X^T`` or ``X^T X``) with one batched ``eigh``: several times faster than a
+    full batched SVD, which computes every component to use one. The Gram matrix is
+    formed in float64 where the device has it, so squaring the spectrum costs no accuracy.
+    """
+    wide = centred.shape[1] <= centred.shape[2]
+    dtype = torch.float32 if centred.device.type == "mps" else torch.float64
+    x = centred.to(dtype)
+    if wide:
+        values, vectors = torch.linalg.eigh(x @ x.transpose(1, 2))  # (N, rows, rows)
+        projection = vectors[:, :, -1] * values[:, -1].clamp(min=0).sqrt().unsqueeze(1)
+    else:
+        _, vectors = torch.linalg.eigh(x.transpose(1, 2) @ x)  # (N, cols, cols)
+        projection = (x @ vectors[:, :, -1:]).squeeze(-1)
+    return projection.to(centred.dtype)
 
 
 @dataclass(frozen=True)

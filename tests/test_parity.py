@@ -169,3 +169,46 @@ def test_the_inplace_cases_are_real(inplace_case):
         handle.remove()
     assert not torch.allclose(seen["out"], acts)  # the naive capture is wrong here
     assert (acts < 0).any() and (seen["out"] >= 0).all()  # ...because ReLU rewrote it
+
+
+@pytest.mark.parametrize("layer", ["features.0", "features"])  # 1024x8 and 256x16: tall
+def test_eigencam_is_the_first_principal_component_of_an_svd(tiny_cnn, layer):
+    tiny_cnn.eval()
+    inputs = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    seen = {}
+    handle = tiny_cnn.get_submodule(layer).register_forward_hook(
+        lambda _m, _a, out: seen.setdefault("a", out.detach().clone()))
+    with torch.no_grad():
+        tiny_cnn(inputs)
+    handle.remove()
+    acts = seen["a"].double()
+    n, c, h, w = acts.shape
+    x = acts.reshape(n, c, h * w).transpose(1, 2)
+    x = x - x.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    reference = (x @ vh[:, 0, :, None]).squeeze(-1).reshape(n, h, w).float()
+    ours = compute_cam(tiny_cnn, inputs, layer, method="eigencam", output_size=None,
+                       normalize=False)
+    for i in range(n):  # ours is relu(+-reference), the sign chosen by our convention
+        candidates = [reference[i].clamp(min=0), (-reference[i]).clamp(min=0)]
+        error = min((ours[i] - r).abs().max().item() for r in candidates)
+        assert error <= 1e-4 * reference[i].abs().max().item()
+
+
+def test_eigencam_wide_activations_match_an_svd():
+    """Fewer positions than channels (resnet layer4 at 7x7x512 is such a case)."""
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(64, 3)).eval()
+    inputs = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        acts = model[0](inputs).double()  # (2, 64, 6, 6): 36 positions < 64 channels
+    x = acts.flatten(2).transpose(1, 2)
+    x = x - x.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    reference = (x @ vh[:, 0, :, None]).squeeze(-1).reshape(2, 6, 6).float()
+    ours = compute_cam(model, inputs, "0", method="eigencam", output_size=None, normalize=False)
+    for i in range(2):
+        error = min((ours[i] - r.clamp(min=0)).abs().max().item()
+                    for r in (reference[i], -reference[i]))
+        assert error <= 1e-4 * reference[i].abs().max().item()
