@@ -39,11 +39,12 @@ def load_model_class():
     return module.SmallCNN
 
 
-def fit_seconds(model_class, callbacks, log_dir: str, device: str) -> float:
+def fit_seconds(model_class, callbacks, log_dir: str, device: str, epochs: int = EPOCHS
+                ) -> float:
     seed_everything(0, verbose=False)
     train = DataLoader(ShortcutShapes(1536, seed=1), batch_size=64, shuffle=True)
     val = DataLoader(ShortcutShapes(256, seed=2, shortcut_prob=0.0), batch_size=128)
-    trainer = Trainer(max_epochs=EPOCHS, callbacks=callbacks, logger=TensorBoardLogger(log_dir),
+    trainer = Trainer(max_epochs=epochs, callbacks=callbacks, logger=TensorBoardLogger(log_dir),
                       accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
                       enable_progress_bar=False, enable_model_summary=False,
                       enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=10)
@@ -64,7 +65,7 @@ def timed(spent: dict[str, list[float]], key: str, method):
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], rounds=3)
+    args = parse_args(__doc__.splitlines()[0], rounds=5)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     model_class = load_model_class()
@@ -86,30 +87,38 @@ def main() -> None:
                       "_log_image", "log_cams", "log_filmstrip")}
         for name, method in originals.items():
             setattr(CallbackClass, name, timed(spent, name, method))
-        try:
-            fit_seconds(model_class, [GradCAMCallback("features")], tmp, args.device)
+        try:  # more epochs: more invocations for the breakdown
+            fit_seconds(model_class, [GradCAMCallback("features")], tmp, args.device, epochs=8)
         finally:
             for name, method in originals.items():
                 setattr(CallbackClass, name, method)
 
     def ms(key: str) -> float:
-        return 1e3 * statistics.mean(spent[key]) if spent[key] else 0.0
+        return 1e3 * statistics.median(spent[key]) if spent[key] else 0.0
 
+    # The callback's own time in a fit of EPOCHS epochs, against the fit without it: the
+    # fit-time ratio above is the honest end-to-end number but only as exact as the
+    # run-to-run noise allows; this one isolates what the callback adds.
+    own = EPOCHS * ms("log_cams") / 1e3 + ms("log_filmstrip") / 1e3
+    own_ratio = 1 + own / statistics.median(without)
     parts = {
         "fixed-batch fetch (first run only)": ms("_collate_samples"),
         "CAM (forward + autograd.grad)": ms("_explain"),
         "metrics (energy, drift, history)": ms("_measure") + ms("_remember"),
         "rendering (annotated grid)": ms("_grid"),
-        "logging (image + scalars)": ms("_log_image"),
+        "logging (image)": ms("_log_image"),
     }
-    rest = ms("log_cams") - sum(parts.values()) + parts["fixed-batch fetch (first run only)"] * (
-        1 - 1 / max(1, len(spent["log_cams"])))
+    rest = ms("log_cams") - sum(parts.values()) + parts["fixed-batch fetch (first run only)"]
+    spread = (max(without) - min(without)) / statistics.median(without)
     rows = [("fit with callback / without", f"{ratio:.3f}", "<= 1.03", verdict(ratio, 1.03),
-             f"{statistics.median(with_callback):.2f} s / {statistics.median(without):.2f} s")]
+             f"{statistics.median(with_callback):.2f} s / {statistics.median(without):.2f} s"
+             f" (run-to-run spread {spread:.0%})"),
+            ("1 + callback's own time / fit without", f"{own_ratio:.3f}", "<= 1.03",
+             verdict(own_ratio, 1.03), f"{own * 1e3:.0f} ms in {EPOCHS} epochs")]
     print(table(rows, ("measure", "value", "goal", "", "times")))
-    print(f"\nOne invocation (mean of {len(spent['log_cams'])}), 8 samples at 64x64:")
+    print(f"\nOne invocation (median of {len(spent['log_cams'])}), 8 samples at 64x64:")
     breakdown = [(name, f"{value:.1f} ms") for name, value in parts.items()]
-    breakdown += [("other (RNG save/restore, device moves)", f"{max(rest, 0):.1f} ms"),
+    breakdown += [("other (scalars to loggers, RNG, device moves)", f"{max(rest, 0):.1f} ms"),
                   ("total per invocation", f"{ms('log_cams'):.1f} ms"),
                   ("filmstrip at the end of fit (once)", f"{ms('log_filmstrip'):.1f} ms")]
     print(table(breakdown, ("step", "time")))

@@ -201,10 +201,10 @@ def test_without_tensorboard_writes_pngs_and_warns_once(tmp_path):
     with pytest.warns(UserWarning, match="no TensorBoardLogger") as record:
         fit(tmp_path, [callback], max_epochs=2, logger=logger)
     assert sum("no TensorBoardLogger" in str(w.message) for w in record) == 1
-    pngs = sorted((tmp_path / "csv" / "version_0" / "gradcam").glob("*.png"))
+    pngs = sorted((tmp_path / "csv" / "version_0" / "gradcam").glob("*.*"))
     assert [p.name for p in pngs] == ["features_filmstrip.png",
-                                      "features_overlay_step0000006.png",
-                                      "features_overlay_step0000012.png"]
+                                      "features_overlay_step0000006.jpg",
+                                      "features_overlay_step0000012.jpg"]
     pngs = pngs[1:]
     with Image.open(pngs[0]) as png:
         assert png.width > 3 * 96 and np.asarray(png).std() > 20

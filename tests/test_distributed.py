@@ -34,6 +34,6 @@ def test_ddp_two_cpu_processes_log_once_per_validation_run(tmp_path):
 
 def test_ddp_without_tensorboard_writes_each_png_once_and_does_not_hang(tmp_path):
     run_ddp(tmp_path, "none")  # trainer.log_dir is a collective: a rank-zero-only call would hang
-    pngs = sorted(p.name for p in (tmp_path / "gradcam").glob("*.png"))
-    assert pngs == ["features_filmstrip.png", "features_overlay_step0000003.png",
-                    "features_overlay_step0000006.png"]
+    files = sorted(p.name for p in (tmp_path / "gradcam").glob("*.*"))
+    assert files == ["features_filmstrip.png", "features_overlay_step0000003.jpg",
+                     "features_overlay_step0000006.jpg"]
