@@ -1,0 +1,297 @@
+"""``gradcam-callback explain``: Grad-CAM for image files from a trained checkpoint.
+
+Also runs as ``python -m gradcam_callback``. Every anticipated bad input (a missing file,
+an unreadable image, a class that does not import, a checkpoint that does not fit, an
+unknown layer) ends with one line on stderr and exit status 2; ``--debug`` shows the
+traceback of anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradcam_callback.cam import CAM_METHODS, explain_batch
+from gradcam_callback.render import (
+    annotated_grid,
+    encode_image,
+    heatmap,
+    overlay,
+    resize_tiles,
+    to_uint8,
+)
+
+EXAMPLES = """\
+examples:
+  # a LightningModule checkpoint (from Trainer or ModelCheckpoint)
+  gradcam-callback explain --checkpoint run.ckpt --model mypkg.models:LitNet \\
+      --layer backbone.layer4 --image cat.png dog.jpg --out explained/
+
+  # a plain nn.Module: a class or factory, its arguments, and a state_dict
+  gradcam-callback explain --model torchvision.models:resnet18 --model-arg num_classes=10 \\
+      --weights resnet18.pth --image a.png --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225
+
+  # explain the true class instead of the predicted one
+  gradcam-callback explain ... --image a.png b.png --target label --labels cat dog \\
+      --class-names names.txt
+
+Writes <image>_heatmap.png and <image>_overlay.png per image and grid.png with all of
+them; prints the predicted class and its probability per image. Without --layer the
+last layer with a spatial output is used, and printed.
+"""
+
+
+class CliError(Exception):
+    """A bad input, reported as one line and exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradcam-callback",
+        description="Grad-CAM for trained image models, from the command line.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    explain = commands.add_parser(
+        "explain", help="explain image files with a trained model", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compute Grad-CAM for image files with a trained model and write "
+                    "heatmaps, overlays and an annotated grid.",
+    )
+    explain.add_argument("--model", required=True, metavar="MODULE:CLASS",
+                         help="the model class (a LightningModule, or an nn.Module class or "
+                              "factory), e.g. mypkg.models:LitNet or torchvision.models:resnet18")
+    explain.add_argument("--checkpoint", type=Path, help="a Lightning checkpoint (.ckpt)")
+    explain.add_argument("--weights", type=Path, help="a state_dict file for a plain nn.Module")
+    explain.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                         help="argument for the model class or factory (repeatable)")
+    explain.add_argument("--image", nargs="+", required=True, type=Path, help="image files")
+    explain.add_argument("--out", type=Path, default=Path("gradcam_out"),
+                         help="output directory (default: gradcam_out)")
+    explain.add_argument("--layer", help="target layer's dotted name (default: auto-detect)")
+    explain.add_argument("--method", default="gradcam", choices=CAM_METHODS)
+    explain.add_argument("--target", default="predicted",
+                         help="predicted (default), label (needs --labels), a class index, or "
+                              "a class name from --class-names")
+    explain.add_argument("--labels", nargs="+", help="one true class per image (index or name)")
+    explain.add_argument("--size", type=int, default=224,
+                         help="resize images to SIZE x SIZE (default 224)")
+    explain.add_argument("--grayscale", action="store_true", help="feed 1-channel images")
+    explain.add_argument("--mean", type=float, nargs="+", help="per-channel normalisation mean")
+    explain.add_argument("--std", type=float, nargs="+", help="per-channel normalisation std")
+    explain.add_argument("--class-names", type=Path, help="a text file, one class name a line")
+    explain.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
+    explain.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return explain(args)
+    except CliError as error:
+        print(f"gradcam-callback: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # anything else: still one line, unless --debug
+        if args.debug:
+            raise
+        print(f"gradcam-callback: error: {type(error).__name__}: {error} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def explain(args: argparse.Namespace) -> int:
+    class_names = _read_class_names(args.class_names)
+    images = _read_images(args.image, args.size, args.grayscale)
+    inputs = _normalise(images, args.mean, args.std)
+    model = _load_model(args)
+    targets = _targets(args, class_names, len(args.image))
+    try:
+        result = explain_batch(model, inputs, args.layer, targets, method=args.method)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    if args.layer is None:
+        print(f"layer: {result.layer_name} (auto-detected)")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    overlays = overlay(images, result.cams, colormap=args.colormap)
+    heatmaps = to_uint8(heatmap(result.cams, colormap=args.colormap))
+    probs = result.logits.float().softmax(dim=1) if result.logits.dim() == 2 else None
+    captions = []
+    for i, path in enumerate(args.image):
+        (args.out / f"{path.stem}_heatmap.png").write_bytes(encode_image(heatmaps[i]))
+        (args.out / f"{path.stem}_overlay.png").write_bytes(encode_image(overlays[i]))
+        line = [path.name]
+        if probs is not None:
+            confidence, predicted = probs[i].max(dim=0)
+            name = _name(int(predicted), class_names)
+            line.append(f"pred: {name} {confidence.item():.2f}")
+            print(f"{path}: predicted {name} (p={confidence.item():.2f})")
+        captions.append(line)
+    tiles = resize_tiles(images, 256)
+    maps = torch.nn.functional.interpolate(result.cams.unsqueeze(1), size=tiles.shape[-2:],
+                                           mode="bilinear", align_corners=False).squeeze(1)
+    grid = annotated_grid([to_uint8(tiles), overlay(tiles, maps, colormap=args.colormap)],
+                          ["input", "Grad-CAM" if args.method == "gradcam" else args.method],
+                          captions)
+    (args.out / "grid.png").write_bytes(encode_image(grid))
+    print(f"wrote {len(args.image)} heatmaps and overlays and grid.png to {args.out}")
+    return 0
+
+
+def _read_class_names(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise CliError(f"--class-names: no such file: {path}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise CliError(f"--class-names: {path} has no class names (one per line)")
+    return names
+
+
+def _read_images(paths: list[Path], size: int, grayscale: bool) -> Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    if size < 8:
+        raise CliError(f"--size must be at least 8, got {size}")
+    tensors = []
+    for path in paths:
+        if not path.is_file():
+            raise CliError(f"--image: no such file: {path}")
+        try:
+            with Image.open(path) as image:
+                picture = image.convert("L" if grayscale else "RGB").resize((size, size),
+                                                                            Image.BILINEAR)
+        except (UnidentifiedImageError, OSError) as error:
+            raise CliError(f"--image: cannot read {path} as an image ({error})") from None
+        array = torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.uint8)
+        channels = 1 if grayscale else 3
+        tensors.append(array.view(size, size, channels).permute(2, 0, 1).float() / 255)
+    return torch.stack(tensors)
+
+
+def _normalise(images: Tensor, mean: list[float] | None, std: list[float] | None) -> Tensor:
+    if (mean is None) != (std is None):
+        raise CliError("--mean and --std go together (one value per channel each)")
+    if mean is None or std is None:
+        return images
+    channels = images.shape[1]
+    if len(mean) != channels or len(std) != channels:
+        raise CliError(f"--mean and --std need {channels} values each (one per channel), got "
+                       f"{len(mean)} and {len(std)}")
+    if any(s <= 0 for s in std):
+        raise CliError(f"--std values must be > 0, got {std}")
+    shape = (1, channels, 1, 1)
+    return (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
+def _import(spec: str) -> Any:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise CliError(f"--model must be MODULE:CLASS (e.g. mypkg.models:LitNet), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CliError(f"--model: cannot import module {module_name!r} ({error})") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise CliError(f"--model: module {module_name!r} has no {attribute!r}") from None
+
+
+def _model_kwargs(pairs: list[str]) -> dict[str, Any]:
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise CliError(f"--model-arg must be KEY=VALUE, got {pair!r}")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value  # a plain string
+    return kwargs
+
+
+def _load_model(args: argparse.Namespace) -> nn.Module:
+    target = _import(args.model)
+    kwargs = _model_kwargs(args.model_arg)
+    from lightning.pytorch import LightningModule
+
+    is_lightning = inspect.isclass(target) and issubclass(target, LightningModule)
+    if is_lightning:
+        if args.checkpoint is None:
+            raise CliError(f"--model {args.model} is a LightningModule: pass --checkpoint")
+        if not args.checkpoint.is_file():
+            raise CliError(f"--checkpoint: no such file: {args.checkpoint}")
+        try:
+            model = target.load_from_checkpoint(args.checkpoint, map_location="cpu", **kwargs)
+        except (RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
+            raise CliError(f"--checkpoint {args.checkpoint} does not fit {args.model}: "
+                           f"{_first_line(error)}") from None
+        return model.eval()
+
+    if not callable(target):
+        raise CliError(f"--model {args.model} is not a class or factory")
+    try:
+        model = target(**kwargs)
+    except TypeError as error:
+        raise CliError(f"--model {args.model}: {error}") from None
+    if not isinstance(model, nn.Module):
+        raise CliError(f"--model {args.model} made a {type(model).__name__}, not an nn.Module")
+    weights = args.weights or args.checkpoint
+    if weights is None:
+        raise CliError(f"--model {args.model} is a plain nn.Module: pass --weights (a "
+                       "state_dict file)")
+    if not weights.is_file():
+        raise CliError(f"--weights: no such file: {weights}")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError, EOFError, AttributeError) as error:
+        raise CliError(f"--weights {weights} does not fit {args.model}: "
+                       f"{_first_line(error)}") from None
+    return model.eval()
+
+
+def _targets(args: argparse.Namespace, class_names: list[str] | None, count: int) -> Any:
+    if args.target == "predicted":
+        return None
+    if args.target == "label":
+        if not args.labels or len(args.labels) != count:
+            raise CliError(f"--target label needs --labels with one class per image ({count}), "
+                           f"got {len(args.labels or [])}")
+        return [_class_index(label, class_names, "--labels") for label in args.labels]
+    return _class_index(args.target, class_names, "--target")
+
+
+def _class_index(value: str, class_names: list[str] | None, option: str) -> int:
+    if value.isdigit():
+        return int(value)
+    if class_names is not None and value in class_names:
+        return class_names.index(value)
+    names = f" or a name from --class-names {class_names}" if class_names else ""
+    raise CliError(f"{option}: {value!r} is not a class index{names}")
+
+
+def _name(index: int, class_names: list[str] | None) -> str:
+    if class_names is not None and 0 <= index < len(class_names):
+        return class_names[index]
+    return str(index)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
