@@ -33,7 +33,7 @@ from typing_extensions import override
 
 from gradcam_callback.cam import CAM_METHODS, compute_cam, explain_batch
 from gradcam_callback.hooks import preserved_rng_state
-from gradcam_callback.layers import resolve_layer
+from gradcam_callback.layers import resolve_layer, vit_reshape_transform
 from gradcam_callback.metrics import (
     attention_drift,
     border_energy,
@@ -115,8 +115,9 @@ class GradCAMCallback(Callback):
         show_heatmap: add a row with the bare heatmaps.
         max_image_size: downscale tiles whose longer side exceeds this (pixels);
             ``None`` keeps the input size. Small inputs are upscaled to stay legible.
-        reshape_transform: for non-spatial layers such as ViT blocks, e.g.
-            ``gradcam_callback.vit_reshape_transform()``.
+        reshape_transform: for non-spatial layers such as ViT blocks: a callable such as
+            ``gradcam_callback.vit_reshape_transform(num_prefix_tokens=1)``, or the string
+            ``"vit"`` for that one (convenient in YAML).
         output_transform: picks the logits out of a model output that is not a tensor.
         mask_keys: keys of dict batches holding region masks ``(N, H, W)`` to measure CAM
             energy in; ``None`` takes every key ending in ``"_mask"``.
@@ -160,7 +161,7 @@ class GradCAMCallback(Callback):
         alpha: float = 0.5,
         show_heatmap: bool = False,
         max_image_size: int | None = 256,
-        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        reshape_transform: Callable[[Tensor], Tensor] | str | None = None,
         output_transform: Callable[[Any], Tensor] | None = None,
         mask_keys: Sequence[str] | None = None,
         mask_fn: Callable[[Any], dict[str, Tensor]] | None = None,
@@ -244,7 +245,7 @@ class GradCAMCallback(Callback):
         self.alpha = float(alpha)
         self.show_heatmap = show_heatmap
         self.max_image_size = max_image_size
-        self.reshape_transform = reshape_transform
+        self.reshape_transform = _reshape_transform(reshape_transform)
         self.output_transform = output_transform
         self.mask_keys = list(mask_keys) if mask_keys is not None else None
         self.mask_fn = mask_fn
@@ -691,6 +692,17 @@ def _evenly_spaced(count: int, limit: int) -> list[int]:
 def _check_positive_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"GradCAMCallback({name}={value!r}): must be an int >= 1")
+
+
+def _reshape_transform(value: object) -> Callable[[Tensor], Tensor] | None:
+    if value is None or (callable(value) and not isinstance(value, str)):
+        return value
+    if value == "vit":
+        return vit_reshape_transform(num_prefix_tokens=1)
+    raise ValueError(
+        f"GradCAMCallback(reshape_transform={value!r}): pass a callable, 'vit' (tokens with one "
+        "class token), or None"
+    )
 
 
 def _valid_indices(indices: Sequence[object]) -> bool:

@@ -261,6 +261,8 @@ def test_two_layers_coexist_and_resume_from_a_weights_only_checkpoint(tmp_path):
         ({"sample_indices": []}, r"sample_indices=\[\]\): give a non-empty list"),
         ({"max_image_size": 4}, r"max_image_size=4\): must be an int >= 16"),
         ({"target_layer": 3}, r"target_layer=3\): pass the layer's dotted name"),
+        ({"reshape_transform": "swin"}, r"reshape_transform='swin'\): pass a callable, 'vit'"),
+        ({"filmstrip_max": 1}, r"filmstrip_max=1\): must be >= 2"),
     ],
 )
 def test_bad_arguments_fail_at_construction_naming_the_argument(kwargs, pattern):
