@@ -261,7 +261,7 @@ class GradCAMCallback(Callback):
         self._layer_name: str | None = target_layer
         self._batches: dict[str, _FixedBatch] = {}
         self._used_indices: list[int] | None = None
-        self._png_dir: Path | None = None
+        self._image_dir: Path | None = None
         self._warned: set[str] = set()
 
     @property
@@ -284,7 +284,7 @@ class GradCAMCallback(Callback):
         if self.target_layer is not None:
             resolve_layer(pl_module, self.target_layer)
         # trainer.log_dir is a collective under DDP: read it here, where every rank is.
-        self._png_dir = Path(trainer.log_dir or trainer.default_root_dir) / "gradcam"
+        self._image_dir = Path(trainer.log_dir or trainer.default_root_dir) / "gradcam"
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -502,7 +502,8 @@ class GradCAMCallback(Callback):
 
     def _collate_samples(self, loader: DataLoader, stage: str) -> tuple[Any, list[int]]:
         dataset = loader.dataset
-        wanted = self._used_indices or self.sample_indices or list(range(self.num_samples))
+        restored = self._used_indices if stage == "validate" else None  # from a checkpoint
+        wanted = restored or self.sample_indices or list(range(self.num_samples))
         if isinstance(dataset, IterableDataset):
             items = list(itertools.islice(iter(dataset), max(wanted) + 1))
             indices = [i for i in wanted if i < len(items)]
@@ -525,7 +526,8 @@ class GradCAMCallback(Callback):
                 f"GradCAMCallback asked for {len(wanted)} samples, the {stage} dataset has "
                 f"{len(indices)}: showing {len(indices)}.",
             )
-        self._used_indices = indices
+        if stage == "validate":
+            self._used_indices = indices  # checkpointed: a resumed run shows the same samples
         collate = loader.collate_fn or default_collate
         return collate([items[i] for i in indices]), indices
 
@@ -593,10 +595,10 @@ class GradCAMCallback(Callback):
         return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
     def _output_dir(self) -> Path:
-        if self._png_dir is None:
+        if self._image_dir is None:
             raise RuntimeError("GradCAMCallback: setup() has not run; add it to a Trainer")
-        self._png_dir.mkdir(parents=True, exist_ok=True)
-        return self._png_dir
+        self._image_dir.mkdir(parents=True, exist_ok=True)
+        return self._image_dir
 
     def _log_image(self, trainer: Trainer, tag: str, grid: Tensor) -> None:
         step = trainer.global_step
@@ -608,7 +610,7 @@ class GradCAMCallback(Callback):
         self._warn_once(
             "no_tensorboard",
             f"GradCAMCallback found no TensorBoardLogger in trainer.loggers; writing PNGs to "
-            f"{self._png_dir} instead.",
+            f"{self._image_dir} instead.",
         )
         name = tag.removeprefix("gradcam/").replace("/", "_")
         suffix = "png" if self.image_format == "png" else "jpg"

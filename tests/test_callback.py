@@ -409,3 +409,14 @@ def test_jpeg_grids_are_smaller_and_decode(tmp_path):
     assert sizes["jpeg"] < sizes["png"]
     with pytest.raises(ValueError, match=r"image_format='gif'\): valid formats are png, jpeg"):
         GradCAMCallback(image_format="gif")
+
+
+def test_a_smaller_test_set_does_not_change_the_validation_samples(tmp_path):
+    callback = GradCAMCallback("features", num_samples=6)
+    trainer, model = fit(tmp_path, [callback], max_epochs=1)
+    data = StripeData()
+    data.test_dataloader = lambda: DataLoader(StripeDataset(3, seed=7), batch_size=3)
+    with pytest.warns(UserWarning, match="the test dataset has 3"):
+        trainer.test(model, data)
+    assert logged_images(trainer, "gradcam/features/test/overlay")
+    assert callback.state_dict()["sample_indices"] == [0, 1, 2, 3, 4, 5]
