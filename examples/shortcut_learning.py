@@ -90,8 +90,9 @@ class PrintTable(Callback):
 
 
 def run(name: str, train_shortcut: float, args: argparse.Namespace, seed: int = 0
-        ) -> dict[str, float]:
-    """Train one model; print its table and verdict; return the last epoch's row."""
+        ) -> dict[str, float | str]:
+    """Train one model; print its table and verdict; return the last epoch's row and the
+    path of the checkpoint Lightning saved."""
     seed_everything(seed, verbose=False)
     train = ShortcutShapes(args.train_size, image_size=64, shortcut_prob=train_shortcut, seed=1)
     val = ShortcutShapes(256, image_size=64, shortcut_prob=0.0, seed=2)
@@ -120,7 +121,7 @@ def run(name: str, train_shortcut: float, args: argparse.Namespace, seed: int = 
                    f"{final['patch']:.0%} on the patch); validation accuracy "
                    f"{final['val_acc']:.0%}.")
     print(f"  verdict: {verdict}\n  filmstrip: {strip}")
-    return final
+    return {**final, "checkpoint": trainer.checkpoint_callback.best_model_path}
 
 
 def main() -> None:
@@ -133,10 +134,32 @@ def main() -> None:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     args.out.mkdir(parents=True, exist_ok=True)
 
-    run("shortcut", 1.0, args)
+    checkpoint = run("shortcut", 1.0, args)["checkpoint"]
     run("honest", 0.0, args)
+    samples = write_samples(args.out)
     print("\nOpen TensorBoard (Images: grids and filmstrips; Scalars: energy and drift):\n"
           f"  tensorboard --logdir {args.out / 'tensorboard'} --samples_per_plugin images=100")
+    print("\nExplain images with the shortcut model's checkpoint, from the command line:\n"
+          f"  .venv/bin/gradcam-callback explain --model examples.shortcut_learning:SmallCNN "
+          f"--checkpoint {checkpoint} --layer features --size 64 "
+          f"--class-names {samples / 'class_names.txt'} --out {args.out / 'explained'} "
+          f"--image {samples}/*.png")
+
+
+def write_samples(out: Path) -> Path:
+    """A few validation images as PNG files, and the class names, for the CLI."""
+    from PIL import Image
+
+    folder = out / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = ShortcutShapes(4, shortcut_prob=0.0, seed=3)
+    for i in range(len(data)):
+        item = data[i]
+        pixels = (item["image"] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        name = data.class_names[int(item["label"])]
+        Image.fromarray(pixels).save(folder / f"{i}_{name}.png")
+    (folder / "class_names.txt").write_text("\n".join(data.class_names) + "\n")
+    return folder
 
 
 if __name__ == "__main__":

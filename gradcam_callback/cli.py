@@ -196,6 +196,10 @@ def _normalise(images: Tensor, mean: list[float] | None, std: list[float] | None
 
 def _import(spec: str) -> Any:
     module_name, _, attribute = spec.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        # `python -m` imports from the working directory; the console script should too,
+        # so a project's own, uninstalled package is found.
+        sys.path.insert(0, str(Path.cwd()))
     if not module_name or not attribute:
         raise CliError(f"--model must be MODULE:CLASS (e.g. mypkg.models:LitNet), got {spec!r}")
     try:

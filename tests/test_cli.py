@@ -97,12 +97,20 @@ def test_a_plain_module_with_weights(workdir, tmp_path):
     assert (tmp_path / "first_overlay.png").exists()
 
 
-def test_the_console_script_and_help_with_examples():
+def test_the_console_script_and_help_with_examples(workdir, tmp_path):
     script = Path(sys.executable).parent / "gradcam-callback"
     result = subprocess.run([str(script), "explain", "--help"], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0
     assert "examples:" in result.stdout and "--checkpoint run.ckpt" in result.stdout
+    # the model's module ("tests", not installed) is imported from the working directory
+    result = subprocess.run(
+        [str(script), "explain", "--model", "tests.lit_helpers:LitTiny", "--checkpoint",
+         str(workdir / "run.ckpt"), "--image", str(workdir / "first.png"), "--size", "32",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "first_overlay.png").exists()
 
 
 @pytest.mark.parametrize(
