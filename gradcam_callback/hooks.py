@@ -34,12 +34,10 @@ class LayerCapture:
         activation: the layer's output from its last call, detached from everything
             upstream; with ``track_gradients`` it is a leaf that requires grad and the
             rest of the forward is built on it, so ``autograd.grad(score, activation)``
-            reaches exactly this layer and no further.
-        calls: how many times the layer ran during the forward.
+            reaches exactly this layer and no further. ``None`` if the layer never ran.
     """
 
     activation: Tensor | None = None
-    calls: int = 0
 
 
 @contextmanager
@@ -77,7 +75,6 @@ def capture_layer_output(
         # modifies in place (an in-place activation, a residual `out += identity`).
         kept = output.detach().clone()
         capture.activation = kept
-        capture.calls += 1
         if not track_gradients:
             return None
         kept.requires_grad_(True)
