@@ -19,14 +19,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 from gradcam_callback import annotated_grid, explain_batch, overlay, to_display
 from gradcam_callback.callback import write_image_summary
-from gradcam_callback.render import encode_image, resize_tiles, to_uint8
+from gradcam_callback.render import encode_image, resize_maps, resize_tiles, to_uint8
 
 
 def render(images: torch.Tensor, cams: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """What the callback does after the CAM: display images, overlays, captions."""
     tiles = resize_tiles(to_display(images.cpu()), 256)
-    maps = F.interpolate(cams.cpu().unsqueeze(1), size=tiles.shape[-2:], mode="bilinear",
-                         align_corners=False).squeeze(1)
+    maps = resize_maps(cams.cpu(), tiles.shape[-2:])
     probs, predicted = logits.float().cpu().softmax(1).max(1)
     captions = [[f"true: {i % 10}", f"pred: {int(c)} {p:.2f}"]
                 for i, (c, p) in enumerate(zip(predicted, probs, strict=True))]

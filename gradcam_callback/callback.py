@@ -49,6 +49,7 @@ from gradcam_callback.render import (
     filmstrip_frames,
     heatmap,
     overlay,
+    resize_maps,
     resize_tiles,
     to_display,
     to_uint8,
@@ -360,8 +361,7 @@ class GradCAMCallback(Callback):
         images = self._display_images(batch)
         rows, titles = [to_uint8(images)], ["input"]
         for cams, title in explained:
-            cams = F.interpolate(cams.cpu().unsqueeze(1), size=images.shape[-2:],
-                                 mode="bilinear", align_corners=False).squeeze(1)
+            cams = resize_maps(cams.cpu(), images.shape[-2:])
             rows.append(overlay(images, cams, colormap=self.colormap, alpha=self.alpha))
             titles.append(title)
             if self.show_heatmap:

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradcam_callback.hooks import capture_layer_output, eval_mode, preserved_rng_state
@@ -49,6 +48,7 @@ from gradcam_callback.layers import (
     find_last_spatial_layer,
     resolve_layer,
 )
+from gradcam_callback.render import resize_maps
 from gradcam_callback.targets import (
     OutputTransform,
     TargetSpec,
@@ -275,7 +275,9 @@ def explain_batch(
 
         with torch.autocast(x.device.type, enabled=False):
             cams = _maps(cam_method, captured.activation, grads, reshape_transform, layer_name)
-            cams = _resize(cams, inputs.shape[-2:] if output_size == "input" else output_size)
+            size = inputs.shape[-2:] if output_size == "input" else output_size
+            if size is not None:
+                cams = resize_maps(cams, size)
             if normalize:
                 cams = _min_max(cams)
         return Explanation(cams.to(inputs.device), logits.detach(), layer_name)
@@ -339,14 +341,6 @@ def _maps(
         )
         cams = torch.where(finite.view(-1, 1, 1), cams, 0.0)
     return cams
-
-
-def _resize(cams: Tensor, size: tuple[int, int] | torch.Size | None) -> Tensor:
-    if size is None or tuple(size) == tuple(cams.shape[-2:]):
-        return cams
-    return F.interpolate(
-        cams.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False
-    ).squeeze(1)
 
 
 def _min_max(cams: Tensor) -> Tensor:

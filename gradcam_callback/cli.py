@@ -26,6 +26,7 @@ from gradcam_callback.render import (
     encode_image,
     heatmap,
     overlay,
+    resize_maps,
     resize_tiles,
     to_uint8,
 )
@@ -137,8 +138,7 @@ def explain(args: argparse.Namespace) -> int:
             print(f"{path}: predicted {name} (p={confidence.item():.2f})")
         captions.append(line)
     tiles = resize_tiles(images, 256)
-    maps = torch.nn.functional.interpolate(result.cams.unsqueeze(1), size=tiles.shape[-2:],
-                                           mode="bilinear", align_corners=False).squeeze(1)
+    maps = resize_maps(result.cams, tiles.shape[-2:])
     grid = annotated_grid([to_uint8(tiles), overlay(tiles, maps, colormap=args.colormap)],
                           ["input", "Grad-CAM" if args.method == "gradcam" else args.method],
                           captions)

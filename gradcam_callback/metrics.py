@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gradcam_callback.render import resize_maps
+
 __all__ = ["attention_drift", "border_energy", "border_mask", "energy_in_mask", "pointing_game"]
 
 
@@ -49,9 +51,7 @@ def attention_drift(previous: Tensor, current: Tensor) -> Tensor:
             f"previous and current need the same number of maps, got {previous.shape[0]} "
             f"and {current.shape[0]}"
         )
-    if previous.shape[-2:] != current.shape[-2:]:
-        previous = F.interpolate(previous.unsqueeze(1).float(), size=current.shape[-2:],
-                                 mode="bilinear", align_corners=False).squeeze(1)
+    previous = resize_maps(previous.float(), current.shape[-2:])
     p, c = previous.flatten(1).float(), current.flatten(1).float()
     p_norm, c_norm = p.norm(dim=1), c.norm(dim=1)
     both = (p_norm > 0) & (c_norm > 0)

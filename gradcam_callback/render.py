@@ -25,6 +25,7 @@ __all__ = [
     "filmstrip_frames",
     "heatmap",
     "overlay",
+    "resize_maps",
     "resize_tiles",
     "to_display",
     "to_uint8",
@@ -137,6 +138,16 @@ def overlay(images: Tensor, cams: Tensor, *, colormap: str = "jet", alpha: float
         )
     blended = (1 - alpha) * rgb + alpha * heatmap(cams, colormap=colormap)
     return to_uint8(blended)
+
+
+def resize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Maps ``(N, h, w)`` bilinearly resized to ``size`` (``align_corners=False``, the
+    convention of ``compute_cam``); returned as they are when already that size."""
+    size = tuple(size)
+    if size == tuple(maps.shape[-2:]):
+        return maps
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear",
+                         align_corners=False).squeeze(1)
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -276,8 +287,7 @@ def _overlays_per_run(images: Tensor, history: Tensor, colormap: str, alpha: flo
             f"history must be (runs, {count}, h, w) to match {count} images, got "
             f"{tuple(history.shape)}"
         )
-    maps = F.interpolate(history.float().flatten(0, 1).unsqueeze(1), size=(height, width),
-                         mode="bilinear", align_corners=False).squeeze(1)
+    maps = resize_maps(history.float().flatten(0, 1), (height, width))
     repeated = images.repeat(history.shape[0], 1, 1, 1)
     blended = overlay(repeated, maps.clamp(0, 1), colormap=colormap, alpha=alpha)
     return blended.view(history.shape[0], count, 3, height, width)
