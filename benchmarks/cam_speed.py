@@ -68,7 +68,7 @@ def main() -> None:
     # theirs: a numpy SVD per image), on the same layer4 activations; then end to end.
     from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-    from gradcam_callback.cam import _eigencam
+    from gradcam_callback.engine.methods import _eigencam
 
     with torch.no_grad():
         acts = model.conv1(inputs)

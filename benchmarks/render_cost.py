@@ -17,20 +17,23 @@ import torchvision
 from _common import interleaved, machine, parse_args, table, verdict
 from torch.utils.tensorboard import SummaryWriter
 
-from gradcam_callback import annotated_grid, explain_batch, overlay, to_display
-from gradcam_callback.callback import write_image_summary
-from gradcam_callback.render import encode_image, resize_maps, resize_tiles, to_uint8
+from gradcam_callback import explain_batch
+from gradcam_callback.lightning.sinks import write_image_summary
+from gradcam_callback.render import (
+    encode_image,
+    explanation_grid,
+    prediction_captions,
+    resize_tiles,
+    to_display,
+)
 
 
 def render(images: torch.Tensor, cams: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """What the callback does after the CAM: display images, overlays, captions."""
     tiles = resize_tiles(to_display(images.cpu()), 256)
-    maps = resize_maps(cams.cpu(), tiles.shape[-2:])
-    probs, predicted = logits.float().cpu().softmax(1).max(1)
-    captions = [[f"true: {i % 10}", f"pred: {int(c)} {p:.2f}"]
-                for i, (c, p) in enumerate(zip(predicted, probs, strict=True))]
-    return annotated_grid([to_uint8(tiles), overlay(tiles, maps)], ["input", "Grad-CAM"],
-                          captions, [bool(int(c) != i % 10) for i, c in enumerate(predicted)])
+    labels = torch.arange(len(images)) % 10
+    captions, wrong = prediction_captions(logits.cpu(), labels)
+    return explanation_grid(tiles, [("Grad-CAM", cams)], captions, wrong)
 
 
 def main() -> None:

@@ -9,27 +9,16 @@ traceback of anything else.
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib
-import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from gradcam_callback.cam import CAM_METHODS, explain_batch
-from gradcam_callback.render import (
-    annotated_grid,
-    encode_image,
-    heatmap,
-    overlay,
-    resize_maps,
-    resize_tiles,
-    to_uint8,
-)
+from gradcam_callback.engine import available_methods, explain_batch, get_method
+from gradcam_callback.errors import UsageError
 
 EXAMPLES = """\
 examples:
@@ -51,8 +40,7 @@ last layer with a spatial output is used, and printed.
 """
 
 
-class CliError(Exception):
-    """A bad input, reported as one line and exit status 2."""
+CliError = UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", type=Path, default=Path("gradcam_out"),
                          help="output directory (default: gradcam_out)")
     explain.add_argument("--layer", help="target layer's dotted name (default: auto-detect)")
-    explain.add_argument("--method", default="gradcam", choices=CAM_METHODS)
+    explain.add_argument("--method", default="gradcam", choices=available_methods())
     explain.add_argument("--target", default="predicted",
                          help="predicted (default), label (needs --labels), a class index, or "
                               "a class name from --class-names")
@@ -113,7 +101,9 @@ def explain(args: argparse.Namespace) -> int:
     class_names = _read_class_names(args.class_names)
     images = _read_images(args.image, args.size, args.grayscale)
     inputs = _normalise(images, args.mean, args.std)
-    model = _load_model(args)
+    from gradcam_callback.lightning.loading import load_model
+
+    model = load_model(args.model, args.model_arg, args.checkpoint, args.weights)
     targets = _targets(args, class_names, len(args.image))
     try:
         result = explain_batch(model, inputs, args.layer, targets, method=args.method)
@@ -122,26 +112,29 @@ def explain(args: argparse.Namespace) -> int:
     if args.layer is None:
         print(f"layer: {result.layer_name} (auto-detected)")
 
+    from gradcam_callback.render import (
+        encode_image,
+        explanation_grid,
+        heatmap,
+        overlay,
+        prediction_captions,
+        resize_tiles,
+        to_uint8,
+    )
+
     args.out.mkdir(parents=True, exist_ok=True)
     overlays = overlay(images, result.cams, colormap=args.colormap)
     heatmaps = to_uint8(heatmap(result.cams, colormap=args.colormap))
-    probs = result.logits.float().softmax(dim=1) if result.logits.dim() == 2 else None
-    captions = []
+    lines, _ = prediction_captions(result.logits.cpu(), None, class_names)
     for i, path in enumerate(args.image):
         (args.out / f"{path.stem}_heatmap.png").write_bytes(encode_image(heatmaps[i]))
         (args.out / f"{path.stem}_overlay.png").write_bytes(encode_image(overlays[i]))
-        line = [path.name]
-        if probs is not None:
-            confidence, predicted = probs[i].max(dim=0)
-            name = _name(int(predicted), class_names)
-            line.append(f"pred: {name} {confidence.item():.2f}")
-            print(f"{path}: predicted {name} (p={confidence.item():.2f})")
-        captions.append(line)
-    tiles = resize_tiles(images, 256)
-    maps = resize_maps(result.cams, tiles.shape[-2:])
-    grid = annotated_grid([to_uint8(tiles), overlay(tiles, maps, colormap=args.colormap)],
-                          ["input", "Grad-CAM" if args.method == "gradcam" else args.method],
-                          captions)
+        if lines[i]:
+            print(f"{path}: predicted {lines[i][0].removeprefix('pred: ')}")
+    captions = [[path.name, *lines[i]] for i, path in enumerate(args.image)]
+    grid = explanation_grid(resize_tiles(images, 256),
+                            [(get_method(args.method).title, result.cams)], captions,
+                            colormap=args.colormap)
     (args.out / "grid.png").write_bytes(encode_image(grid))
     print(f"wrote {len(args.image)} heatmaps and overlays and grid.png to {args.out}")
     return 0
@@ -194,79 +187,6 @@ def _normalise(images: Tensor, mean: list[float] | None, std: list[float] | None
     return (images - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 
 
-def _import(spec: str) -> Any:
-    module_name, _, attribute = spec.partition(":")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        # `python -m` imports from the working directory; the console script should too,
-        # so a project's own, uninstalled package is found.
-        sys.path.insert(0, str(Path.cwd()))
-    if not module_name or not attribute:
-        raise CliError(f"--model must be MODULE:CLASS (e.g. mypkg.models:LitNet), got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise CliError(f"--model: cannot import module {module_name!r} ({error})") from None
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise CliError(f"--model: module {module_name!r} has no {attribute!r}") from None
-
-
-def _model_kwargs(pairs: list[str]) -> dict[str, Any]:
-    kwargs = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise CliError(f"--model-arg must be KEY=VALUE, got {pair!r}")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value  # a plain string
-    return kwargs
-
-
-def _load_model(args: argparse.Namespace) -> nn.Module:
-    target = _import(args.model)
-    kwargs = _model_kwargs(args.model_arg)
-    from lightning.pytorch import LightningModule
-
-    is_lightning = inspect.isclass(target) and issubclass(target, LightningModule)
-    if is_lightning:
-        if args.checkpoint is None:
-            raise CliError(f"--model {args.model} is a LightningModule: pass --checkpoint")
-        if not args.checkpoint.is_file():
-            raise CliError(f"--checkpoint: no such file: {args.checkpoint}")
-        try:
-            model = target.load_from_checkpoint(args.checkpoint, map_location="cpu", **kwargs)
-        except (RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
-            raise CliError(f"--checkpoint {args.checkpoint} does not fit {args.model}: "
-                           f"{_first_line(error)}") from None
-        return model.eval()
-
-    if not callable(target):
-        raise CliError(f"--model {args.model} is not a class or factory")
-    try:
-        model = target(**kwargs)
-    except TypeError as error:
-        raise CliError(f"--model {args.model}: {error}") from None
-    if not isinstance(model, nn.Module):
-        raise CliError(f"--model {args.model} made a {type(model).__name__}, not an nn.Module")
-    weights = args.weights or args.checkpoint
-    if weights is None:
-        raise CliError(f"--model {args.model} is a plain nn.Module: pass --weights (a "
-                       "state_dict file)")
-    if not weights.is_file():
-        raise CliError(f"--weights: no such file: {weights}")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, ValueError, EOFError, AttributeError) as error:
-        raise CliError(f"--weights {weights} does not fit {args.model}: "
-                       f"{_first_line(error)}") from None
-    return model.eval()
-
-
 def _targets(args: argparse.Namespace, class_names: list[str] | None, count: int) -> Any:
     if args.target == "predicted":
         return None
@@ -291,10 +211,6 @@ def _name(index: int, class_names: list[str] | None) -> str:
     if class_names is not None and 0 <= index < len(class_names):
         return class_names[index]
     return str(index)
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -27,9 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradcam_callback.render import resize_maps
+from gradcam_callback.ops import resize_maps
 
-__all__ = ["attention_drift", "border_energy", "border_mask", "energy_in_mask", "pointing_game"]
+__all__ = [
+    "attention_drift",
+    "attention_scalars",
+    "border_energy",
+    "border_mask",
+    "energy_in_mask",
+    "pointing_game",
+]
 
 
 def attention_drift(previous: Tensor, current: Tensor) -> Tensor:
@@ -112,6 +119,25 @@ def border_energy(cams: Tensor, fraction: float = 0.1) -> Tensor:
     """Per-sample share of CAM mass in the outer ``fraction`` frame of the image."""
     _check_maps(cams, "cams")
     return energy_in_mask(cams, border_mask(*cams.shape[-2:], fraction, device=cams.device))
+
+
+def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The per-sample values the callback logs (as means), by their tag suffix.
+
+    ``border_energy``, and for each named mask ``energy_in_mask/<name>`` and
+    ``pointing_game/<name>`` (1.0 for a hit, 0.0 for a miss).
+
+    Example::
+
+        >>> cams = torch.zeros(1, 10, 10); cams[0, 0, 0] = 1.0
+        >>> {k: v.tolist() for k, v in attention_scalars(cams).items()}
+        {'border_energy': [1.0]}
+    """
+    scalars = {"border_energy": border_energy(cams)}
+    for name, mask in (masks or {}).items():
+        scalars[f"energy_in_mask/{name}"] = energy_in_mask(cams, mask)
+        scalars[f"pointing_game/{name}"] = pointing_game(cams, mask).float()
+    return scalars
 
 
 def _region(masks: Tensor, cams: Tensor) -> Tensor:

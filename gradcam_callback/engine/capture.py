@@ -1,29 +1,20 @@
-"""Scoped access to a model under training: capture one layer's output, then leave no trace.
+"""Capture one layer's output for one computation, then leave no trace.
 
-Everything here is a context manager that restores what it touched on exit, also when the
-body raises:
-
-- :func:`capture_layer_output`: a forward hook, alive for one computation, that keeps the
-  target layer's output *as it left the layer* and hands the rest of the network a copy,
-  so that ``ReLU(inplace=True)`` or ``out += identity`` downstream cannot rewrite it.
-- :func:`eval_mode`: the model in eval mode, each submodule's own ``training`` flag put
-  back afterwards (a BatchNorm the user froze in eval stays in eval).
-- :func:`preserved_rng_state`: the torch (CPU and CUDA), Python and NumPy global RNG states
-  put back afterwards, so explaining the model never shifts the user's random stream.
+:func:`capture_layer_output` is a forward hook, alive only inside its ``with`` block, that
+keeps the target layer's output *as it left the layer* and hands the rest of the network a
+copy, so that ``ReLU(inplace=True)`` or ``out += identity`` downstream cannot rewrite it.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerCapture", "capture_layer_output", "eval_mode", "preserved_rng_state"]
+__all__ = ["LayerCapture", "capture_layer_output"]
 
 
 @dataclass
@@ -87,34 +78,3 @@ def capture_layer_output(
         yield capture
     finally:
         handle.remove()
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode, restoring every submodule's own ``training`` flag."""
-    flags = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
-@contextmanager
-def preserved_rng_state(device: torch.device | None = None) -> Iterator[None]:
-    """Restore the global RNG states (torch CPU, the CUDA ``device``, Python, NumPy)."""
-    torch_state = torch.get_rng_state()
-    cuda_state = None
-    if device is not None and device.type == "cuda":
-        cuda_state = torch.cuda.get_rng_state(device)
-    python_state = random.getstate()
-    numpy_state = np.random.get_state()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state(cuda_state, device)
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)

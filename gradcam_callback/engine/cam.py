@@ -1,29 +1,12 @@
-"""Class activation maps as pure tensor functions: batched, exact, and without side effects.
+"""``compute_cam`` and ``explain_batch``: class activation maps for a batch, exact and
+without side effects on the model.
 
-Notation, per sample: ``A`` is the target layer's output *as it left the layer*, shape
-``(C, h, w)``; ``G = dS/dA`` is the gradient of the sample's target score ``S`` (a
-pre-softmax logit, or what a callable target returns). Sums over ``k`` run over the
-channels, over ``ij`` over the spatial positions, and ``Z = h * w``.
-
-=============  =========================================================================
-method         map before ReLU
-=============  =========================================================================
-gradcam        ``sum_k w_k A_k`` with ``w_k = (1/Z) sum_ij G_kij``
-gradcam++      ``sum_k w_k A_k`` with ``w_k = sum_ij alpha_kij relu(G_kij)`` and
-               ``alpha = G^2 / (2 G^2 + (sum_ij A_kij) G^3 + 1e-6)`` (paper eq. 19)
-xgradcam       ``sum_k w_k A_k`` with ``w_k = sum_ij G_kij A_kij / (sum_ij A_kij + 1e-7)``
-hirescam       ``sum_k G_k * A_k``
-layercam       ``sum_k relu(G_k) * A_k``
-eigencam       projection of the centred activations (rows = positions, columns =
-               channels) on their first principal component; no gradients. The
-               component is fixed only up to sign: we choose the sign that makes the
-               projection correlate positively with the channel sum of ``A``, so the
-               map is high where the layer is most active.
-=============  =========================================================================
-
-Then ReLU, bilinear resizing (``align_corners=False``) and, with ``normalize=True``,
-per-sample min-max scaling to ``[0, 1]``. A map whose maximum equals its minimum (an
-all-zero map, say) becomes all zeros.
+One forward runs under ``torch.no_grad()``; the target layer's hook switches gradient
+recording on, so autograd records only the layer-to-score part (see
+:mod:`~gradcam_callback.engine.capture`). The method (:mod:`~gradcam_callback.engine.methods`)
+combines activations and gradients into a map; then ReLU, bilinear resizing
+(``align_corners=False``) and, with ``normalize=True``, per-sample min-max scaling to
+``[0, 1]``. A map whose maximum equals its minimum (an all-zero map, say) becomes all zeros.
 
 Scale: min-max scaling makes gradcam, xgradcam, hirescam, layercam and eigencam
 invariant to multiplying the scores by a positive constant. Grad-CAM++ is not, by its
@@ -32,110 +15,29 @@ definition: eq. 19's ``alpha`` depends on the gradient's magnitude.
 
 from __future__ import annotations
 
-import difflib
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from gradcam_callback.hooks import capture_layer_output, eval_mode, preserved_rng_state
-from gradcam_callback.layers import (
-    LayerSpec,
-    ReshapeTransform,
-    find_last_spatial_layer,
-    resolve_layer,
-)
-from gradcam_callback.render import resize_maps
-from gradcam_callback.targets import (
+from gradcam_callback.engine.capture import capture_layer_output
+from gradcam_callback.engine.layers import LayerSpec, find_last_spatial_layer, resolve_layer
+from gradcam_callback.engine.methods import CamMethod, get_method
+from gradcam_callback.engine.scopes import eval_mode, preserved_rng_state
+from gradcam_callback.engine.targets import (
     OutputTransform,
     TargetSpec,
     logits_from_output,
     select_scores,
 )
+from gradcam_callback.engine.transforms import ReshapeTransform
+from gradcam_callback.ops import min_max, resize_maps
 
 CamMethodName = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
 OutputSize = Literal["input"] | None | tuple[int, int]
 
-__all__ = ["CAM_METHODS", "CamMethodName", "Explanation", "compute_cam", "explain_batch"]
-
-
-def _gradcam(acts: Tensor, grads: Tensor) -> Tensor:
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    return (weights * acts).sum(dim=1)
-
-
-def _gradcam_plus_plus(acts: Tensor, grads: Tensor) -> Tensor:
-    grads_sq = grads.square()
-    acts_sum = acts.sum(dim=(2, 3), keepdim=True)
-    alpha = grads_sq / (2 * grads_sq + acts_sum * grads_sq * grads + 1e-6)
-    weights = (alpha * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
-    return (weights * acts).sum(dim=1)
-
-
-def _xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
-    weights = (grads * acts).sum(dim=(2, 3), keepdim=True) / (
-        acts.sum(dim=(2, 3), keepdim=True) + 1e-7
-    )
-    return (weights * acts).sum(dim=1)
-
-
-def _hirescam(acts: Tensor, grads: Tensor) -> Tensor:
-    return (grads * acts).sum(dim=1)
-
-
-def _layercam(acts: Tensor, grads: Tensor) -> Tensor:
-    return (grads.clamp(min=0) * acts).sum(dim=1)
-
-
-def _eigencam(acts: Tensor, _grads: Tensor | None) -> Tensor:
-    n, c, h, w = acts.shape
-    positions = acts.reshape(n, c, h * w).transpose(1, 2)  # (N, hw, C)
-    centred = positions - positions.mean(dim=1, keepdim=True)
-    projection = _first_component_projection(centred)  # (N, hw)
-    activity = positions.sum(dim=2)
-    agreement = (projection * (activity - activity.mean(dim=1, keepdim=True))).sum(dim=1)
-    sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
-    return (projection * sign.unsqueeze(1)).reshape(n, h, w)
-
-
-def _first_component_projection(centred: Tensor) -> Tensor:
-    """``X v1`` for each ``X`` of ``(N, rows, cols)``, ``v1`` its first right singular vector.
-
-    Equal to ``u1 * s1`` of the SVD, but found as the top eigenvector of the smaller Gram
-    matrix (``X X^T`` or ``X^T X``) with one batched ``eigh``: several times faster than a
-    full batched SVD, which computes every component to use one. The Gram matrix is
-    formed in float64 where the device has it, so squaring the spectrum costs no accuracy.
-    """
-    wide = centred.shape[1] <= centred.shape[2]
-    dtype = torch.float32 if centred.device.type == "mps" else torch.float64
-    x = centred.to(dtype)
-    if wide:
-        values, vectors = torch.linalg.eigh(x @ x.transpose(1, 2))  # (N, rows, rows)
-        projection = vectors[:, :, -1] * values[:, -1].clamp(min=0).sqrt().unsqueeze(1)
-    else:
-        _, vectors = torch.linalg.eigh(x.transpose(1, 2) @ x)  # (N, cols, cols)
-        projection = (x @ vectors[:, :, -1:]).squeeze(-1)
-    return projection.to(centred.dtype)
-
-
-@dataclass(frozen=True)
-class _CamMethod:
-    combine: Callable[[Tensor, Tensor | None], Tensor]
-    needs_gradients: bool
-
-
-_METHODS: dict[str, _CamMethod] = {
-    "gradcam": _CamMethod(_gradcam, needs_gradients=True),
-    "gradcam++": _CamMethod(_gradcam_plus_plus, needs_gradients=True),
-    "xgradcam": _CamMethod(_xgradcam, needs_gradients=True),
-    "hirescam": _CamMethod(_hirescam, needs_gradients=True),
-    "layercam": _CamMethod(_layercam, needs_gradients=True),
-    "eigencam": _CamMethod(_eigencam, needs_gradients=False),
-}
-CAM_METHODS: tuple[str, ...] = tuple(_METHODS)
+__all__ = ["CamMethodName", "Explanation", "compute_cam", "explain_batch"]
 
 
 class Explanation(NamedTuple):
@@ -241,7 +143,7 @@ def explain_batch(
     For callers that show predictions next to the maps: one forward serves both.
     Arguments, errors and guarantees are those of :func:`compute_cam`.
     """
-    cam_method = _lookup_method(method)
+    cam_method = get_method(method)
     _check_inputs(inputs)
     _check_output_size(output_size)
     x = _to_model(inputs, model)
@@ -279,7 +181,7 @@ def explain_batch(
             if size is not None:
                 cams = resize_maps(cams, size)
             if normalize:
-                cams = _min_max(cams)
+                cams = min_max(cams)
         return Explanation(cams.to(inputs.device), logits.detach(), layer_name)
 
 
@@ -300,7 +202,7 @@ def _gradients(scores: Tensor, activation: Tensor, layer_name: str) -> Tensor:
 
 
 def _maps(
-    cam_method: _CamMethod,
+    cam_method: CamMethod,
     activation: Tensor,
     grads: Tensor | None,
     reshape_transform: ReshapeTransform | None,
@@ -341,24 +243,6 @@ def _maps(
         )
         cams = torch.where(finite.view(-1, 1, 1), cams, 0.0)
     return cams
-
-
-def _min_max(cams: Tensor) -> Tensor:
-    flat = cams.flatten(1)
-    low = flat.min(dim=1).values.view(-1, 1, 1)
-    span = flat.max(dim=1).values.view(-1, 1, 1) - low
-    scaled = (cams - low) / torch.where(span > 0, span, 1.0)
-    return torch.where(span > 0, scaled, 0.0).clamp_(0.0, 1.0)
-
-
-def _lookup_method(method: str) -> _CamMethod:
-    if method in _METHODS:
-        return _METHODS[method]
-    close = difflib.get_close_matches(str(method), CAM_METHODS, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(
-        f"unknown method {method!r}; valid methods: {', '.join(CAM_METHODS)}.{hint}"
-    )
 
 
 def _check_inputs(inputs: object) -> None:

@@ -1,0 +1,113 @@
+"""The maps of every logged validation run, for drift and the filmstrip; checkpointed.
+
+Maps are kept small (longer side at most :data:`HISTORY_SIZE`, float16, on the CPU): 64
+runs of 8 samples cost about 4 MB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gradcam_callback.metrics import attention_drift
+from gradcam_callback.ops import resize_maps, shrink_maps
+
+__all__ = ["HISTORY_SIZE", "History", "evenly_spaced"]
+
+HISTORY_SIZE = 64
+STATE_VERSION = 2
+
+
+@dataclass
+class History:
+    """Maps per logged run, with the epoch and global step of each.
+
+    Attributes:
+        epochs: the epoch of each run.
+        steps: the global step of each run.
+        runs: per run, float16 maps ``(N, h, w)`` on the CPU, all of one size.
+    """
+
+    epochs: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    runs: list[Tensor] = field(default_factory=list)
+
+    @property
+    def maps(self) -> Tensor | None:
+        """All runs as ``(R, N, h, w)`` float32, or ``None`` before the first run."""
+        return torch.stack(self.runs).float() if self.runs else None
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def add(self, cams: Tensor, epoch: int, step: int) -> dict[str, float]:
+        """Keep this run's maps; return ``drift`` (vs the previous run) and
+        ``drift_from_start`` (vs the first), means over the samples, from the second run on.
+        """
+        small = shrink_maps(cams.detach().float().cpu(), HISTORY_SIZE)
+        if self.runs and self.runs[0].shape != small.shape:
+            # the samples changed (another count or size): this run starts a new history
+            self.clear()
+        drift = {}
+        if self.runs:
+            current = small.half().float()
+            drift["drift"] = attention_drift(self.runs[-1].float(), current).mean().item()
+            drift["drift_from_start"] = attention_drift(self.runs[0].float(),
+                                                        current).mean().item()
+        self.runs.append(small.half())
+        self.epochs.append(int(epoch))
+        self.steps.append(int(step))
+        return drift
+
+    def clear(self) -> None:
+        self.epochs.clear()
+        self.steps.clear()
+        self.runs.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "epochs": list(self.epochs),
+            "steps": list(self.steps),
+            "maps": torch.stack(self.runs) if self.runs else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (or the 0.1 callback's keys)."""
+        maps = state.get("maps", state.get("history_maps"))
+        self.epochs = list(state.get("epochs", state.get("history_epochs", [])))
+        self.steps = list(state.get("steps", state.get("history_steps", [])))
+        self.runs = list(maps.unbind(0)) if maps is not None else []
+
+    def fit_to(self, count: int, size: tuple[int, int]) -> bool:
+        """Make the kept maps comparable with new maps of ``count`` samples at ``size``.
+
+        Maps of another size are resized into the history (the images' size changed); a
+        different number of samples cannot be matched, so the history is cleared.
+        Returns whether the history was kept.
+        """
+        if not self.runs:
+            return True
+        if self.runs[0].shape[0] != count:
+            self.clear()
+            return False
+        target = tuple(shrink_maps(torch.zeros(1, *size), HISTORY_SIZE).shape[-2:])
+        if tuple(self.runs[0].shape[-2:]) != target:
+            self.runs = [resize_maps(run.float(), target).half() for run in self.runs]
+        return True
+
+
+def evenly_spaced(count: int, limit: int) -> list[int]:
+    """At most ``limit`` indices of ``range(count)``, evenly spread, first and last included.
+
+    Example::
+
+        >>> evenly_spaced(10, 4)
+        [0, 3, 6, 9]
+    """
+    if count <= limit:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})

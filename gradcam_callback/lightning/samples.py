@@ -1,0 +1,188 @@
+"""The fixed samples: which validation images the callback explains, read the same way every run.
+
+Samples are fetched *by dataset index* through the loader's own ``collate_fn``: no
+iterator is created and no random number is drawn, so the same images come back on every
+epoch and every rank, whatever the loader's shuffling or sampler.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, default_collate
+
+__all__ = ["FixedSamples", "SampleReader"]
+
+MASK_THRESHOLD = 0.5
+"""A soft mask counts a pixel as inside where its value is above this (metrics do the same)."""
+
+
+@dataclass(frozen=True)
+class FixedSamples:
+    """The samples the callback explains, on the CPU.
+
+    Attributes:
+        indices: their dataset indices.
+        inputs: the model inputs ``(N, C, H, W)`` as the loader's collate made them.
+        labels: class indices ``(N,)``, or ``None`` when the batch has none.
+        masks: named bool region masks ``(N, H, W)``.
+    """
+
+    indices: list[int]
+    inputs: Tensor
+    labels: Tensor | None
+    masks: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SampleReader:
+    """How to find and read the fixed samples (the callback's sample options)."""
+
+    num_samples: int = 8
+    sample_indices: Sequence[int] | None = None
+    dataloader_idx: int = 0
+    input_key: str = "image"
+    label_key: str = "label"
+    batch_to_input: Callable[[Any], Any] | None = None
+    mask_keys: Sequence[str] | None = None
+    mask_fn: Callable[[Any], dict[str, Tensor]] | None = None
+
+    def wanted_indices(self) -> list[int]:
+        """The dataset indices asked for, before checking the dataset's size."""
+        if self.sample_indices is not None:
+            return list(self.sample_indices)
+        return list(range(self.num_samples))
+
+    def dataloader(self, loaders: Any, stage: str) -> DataLoader:
+        """The ``dataloader_idx``-th of a trainer's ``val_dataloaders``/``test_dataloaders``."""
+        if loaders is None:
+            raise ValueError(f"GradCAMCallback needs a {stage} dataloader, and there is none")
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        if not isinstance(loaders, (list, tuple)):
+            loaders = [loaders]
+        if self.dataloader_idx >= len(loaders):
+            raise ValueError(
+                f"dataloader_idx={self.dataloader_idx}: there "
+                f"{'is' if len(loaders) == 1 else 'are'} {len(loaders)} {stage} dataloader(s); "
+                f"valid: 0..{len(loaders) - 1}"
+            )
+        return loaders[self.dataloader_idx]
+
+    def read(self, loader: DataLoader, indices: Sequence[int], stage: str,
+             warn: Callable[[str, str], None]) -> FixedSamples:
+        """Fetch ``indices`` from the loader's dataset, collate, split and find the masks.
+
+        Raises:
+            ValueError: an index beyond the dataset, an empty dataset, or a batch the
+                options cannot read (the message names the option to set).
+        """
+        collated, found = self._collate(loader, list(indices), stage, warn)
+        inputs, labels = self.split(collated)
+        masks = self.masks(collated, inputs, warn)
+        return FixedSamples(found, inputs.detach().cpu(), labels, masks)
+
+    def _collate(self, loader: DataLoader, wanted: list[int], stage: str,
+                 warn: Callable[[str, str], None]) -> tuple[Any, list[int]]:
+        dataset = loader.dataset
+        if isinstance(dataset, IterableDataset):
+            items = list(itertools.islice(iter(dataset), max(wanted) + 1))
+            indices = [i for i in wanted if i < len(items)]
+        else:
+            size = len(dataset)  # type: ignore[arg-type]
+            if self.sample_indices is not None:
+                beyond = [i for i in wanted if i >= size]
+                if beyond:
+                    raise ValueError(
+                        f"sample_indices: index {beyond[0]} is beyond the {stage} dataset of "
+                        f"{size} samples (valid: 0..{size - 1})"
+                    )
+            indices = [i for i in wanted if i < size]
+            items = dataset
+        if not indices:
+            raise ValueError(f"GradCAMCallback: the {stage} dataset is empty")
+        if len(indices) < len(wanted):
+            warn("few_samples",
+                 f"GradCAMCallback asked for {len(wanted)} samples, the {stage} dataset has "
+                 f"{len(indices)}: showing {len(indices)}.")
+        collate = loader.collate_fn or default_collate
+        with torch.inference_mode(False):  # a test or validate loop may be in inference mode
+            return collate([items[i] for i in indices]), indices
+
+    def split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """``(inputs, labels)`` of a collated batch; labels are ``None`` unless class indices."""
+        if self.batch_to_input is not None:
+            out = self.batch_to_input(batch)
+            inputs, labels = out if isinstance(out, (tuple, list)) else (out, None)
+        elif isinstance(batch, dict):
+            if self.input_key not in batch:
+                raise ValueError(
+                    f"input_key={self.input_key!r}: the batch is a dict with keys "
+                    f"{sorted(map(str, batch))}; set input_key (and label_key) to match"
+                )
+            inputs, labels = batch[self.input_key], batch.get(self.label_key)
+        elif isinstance(batch, (tuple, list)):
+            inputs = batch[0]
+            labels = batch[1] if len(batch) > 1 else None
+        else:
+            inputs, labels = batch, None
+        if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+            shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            raise ValueError(
+                f"GradCAMCallback: expected image inputs (N, C, H, W) from the batch, got "
+                f"{shape}; pass batch_to_input= for other batch formats"
+            )
+        if not (isinstance(labels, Tensor) and labels.dim() == 1
+                and not labels.dtype.is_floating_point and labels.dtype != torch.bool):
+            labels = None  # one-hot, multi-label, masks...: not class indices, so not shown
+        return inputs, (labels.detach().cpu().clone() if labels is not None else None)
+
+    def masks(self, batch: Any, inputs: Tensor,
+              warn: Callable[[str, str], None]) -> dict[str, Tensor]:
+        """Named regions ``(N, H, W)`` bool, from ``mask_fn`` or the batch's mask keys.
+
+        A ``(N, 1, H, W)`` mask is squeezed. With automatic discovery (keys ending in
+        ``_mask``) a value that is not a mask is skipped with one warning; a mask named
+        explicitly (``mask_keys``, ``mask_fn``) must be one.
+        """
+        explicit = True
+        if self.mask_fn is not None:
+            found = self.mask_fn(batch)
+            if not isinstance(found, dict):
+                raise ValueError(
+                    f"mask_fn must return a dict name -> (N, H, W) mask, got "
+                    f"{type(found).__name__}"
+                )
+        elif isinstance(batch, dict):
+            explicit = self.mask_keys is not None
+            keys = self.mask_keys if self.mask_keys is not None else [
+                k for k in batch if isinstance(k, str) and k.endswith("_mask")]
+            missing = [k for k in keys if k not in batch]
+            if missing:
+                raise ValueError(
+                    f"mask_keys={list(keys)}: the batch has no {missing[0]!r}; its keys are "
+                    f"{sorted(map(str, batch))}"
+                )
+            found = {k: batch[k] for k in keys}
+        else:
+            return {}
+        masks = {}
+        for name, mask in found.items():
+            if isinstance(mask, Tensor) and mask.dim() == 4 and mask.shape[1] == 1:
+                mask = mask[:, 0]
+            if not isinstance(mask, Tensor) or mask.dim() != 3 or mask.shape[0] != len(inputs):
+                shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+                message = (f"mask {name!r} must be (N, H, W) with N = {len(inputs)}, "
+                           f"got {shape}")
+                if explicit:
+                    raise ValueError(f"GradCAMCallback: {message}")
+                warn(f"not_mask_{name}", f"GradCAMCallback: skipping batch key {name!r}: "
+                     f"{message}. Name the masks with mask_keys= to silence this.")
+                continue
+            masks[str(name)] = mask.detach().cpu().float() > MASK_THRESHOLD
+        return masks

@@ -1,0 +1,68 @@
+"""Pure tensor operations shared by the engine, the metrics and the renderer.
+
+Maps are ``(N, h, w)`` float tensors; every function works on any device and keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["min_max", "resize_maps", "shrink_maps"]
+
+
+def resize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Maps ``(N, h, w)`` bilinearly resized to ``size`` (``align_corners=False``, the
+    convention of ``compute_cam``); returned as they are when already that size.
+
+    Example::
+
+        >>> resize_maps(torch.ones(2, 3, 3), (6, 4)).shape
+        torch.Size([2, 6, 4])
+    """
+    size = tuple(int(s) for s in size)
+    if size == tuple(maps.shape[-2:]):
+        return maps
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear",
+                         align_corners=False).squeeze(1)
+
+
+def shrink_maps(maps: Tensor, longest_side: int) -> Tensor:
+    """Maps with the longer side at most ``longest_side`` (antialiased, aspect kept).
+
+    Maps already small enough are returned as they are: shrinking never enlarges.
+
+    Example::
+
+        >>> shrink_maps(torch.ones(1, 128, 64), 32).shape
+        torch.Size([1, 32, 16])
+    """
+    height, width = maps.shape[-2:]
+    scale = longest_side / max(height, width)
+    if scale >= 1:
+        return maps
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", antialias=True,
+                         align_corners=False).squeeze(1)
+
+
+def min_max(values: Tensor, *, start_dim: int = 1) -> Tensor:
+    """Min-max scale each sample (dims from ``start_dim`` on, jointly) to ``[0, 1]``.
+
+    A sample whose maximum equals its minimum (constant, e.g. all zeros) becomes all
+    zeros; the result is never NaN.
+
+    Example::
+
+        >>> min_max(torch.tensor([[[2.0, 4.0]], [[3.0, 3.0]]])).tolist()
+        [[[0.0, 1.0]], [[0.0, 0.0]]]
+    """
+    flat = values.flatten(start_dim)
+    shape = (*values.shape[:start_dim], *([1] * (values.dim() - start_dim)))
+    low = flat.amin(dim=-1).view(shape)
+    span = flat.amax(dim=-1).view(shape) - low
+    scaled = (values - low) / torch.where(span > 0, span, 1.0)
+    return torch.where(span > 0, scaled, 0.0).clamp_(0.0, 1.0)

@@ -1,0 +1,48 @@
+"""Caption text for explained samples: true class, predicted class and its probability."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+__all__ = ["class_name", "prediction_captions"]
+
+
+def class_name(index: int, class_names: Sequence[str] | None) -> str:
+    """``class_names[index]`` when there is one, else the index as text."""
+    if class_names is not None and 0 <= index < len(class_names):
+        return class_names[index]
+    return str(index)
+
+
+def prediction_captions(
+    logits: Tensor, labels: Tensor | None, class_names: Sequence[str] | None = None
+) -> tuple[list[list[str]], list[bool]]:
+    """Per sample, caption lines and whether the prediction is wrong.
+
+    Lines: ``"true: <class>"`` when ``labels`` are given, and ``"pred: <class> <p>"`` when
+    the logits are ``(N, classes)`` (``p`` the softmax probability, two decimals). A sample
+    is wrong when both are known and differ.
+
+    Example::
+
+        >>> import torch
+        >>> prediction_captions(torch.tensor([[0.0, 2.0]]), torch.tensor([0]), ["cat", "dog"])
+        ([['true: cat', 'pred: dog 0.88']], [True])
+    """
+    count = logits.shape[0]
+    lines: list[list[str]] = [[] for _ in range(count)]
+    wrong = [False] * count
+    if labels is not None:
+        for i in range(count):
+            lines[i].append(f"true: {class_name(int(labels[i]), class_names)}")
+    if logits.dim() == 2:
+        confidence, predicted = logits.detach().float().softmax(dim=1).max(dim=1)
+        for i in range(count):
+            lines[i].append(
+                f"pred: {class_name(int(predicted[i]), class_names)} {confidence[i].item():.2f}"
+            )
+            if labels is not None:
+                wrong[i] = int(predicted[i]) != int(labels[i])
+    return lines, wrong

@@ -1,0 +1,141 @@
+"""The annotated grid: rows of tiles, captions above each column, titles left of each row.
+
+:func:`annotated_grid` lays out any rows of tiles; :func:`explanation_grid` is *the* picture
+of an explanation (inputs, one overlay row per explained target, optional heatmap rows,
+captions, red frames on wrong predictions), used by the callback, the CLI and the
+benchmarks alike. Pillow writes the text onto the finished canvas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from gradcam_callback.ops import resize_maps
+from gradcam_callback.render.colormap import heatmap
+from gradcam_callback.render.overlay import overlay, to_uint8
+
+__all__ = ["annotated_grid", "explanation_grid"]
+
+BACKGROUND = (24, 24, 24)
+TEXT = (235, 235, 235)
+WRONG = (230, 40, 40)
+GAP = 6
+FRAME = 3
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def annotated_grid(
+    rows: Sequence[Tensor],
+    row_titles: Sequence[str],
+    captions: Sequence[Sequence[str]],
+    wrong: Sequence[bool] | None = None,
+    *,
+    font_size: int = 13,
+) -> Tensor:
+    """Lay out rows of tiles as one captioned picture.
+
+    Args:
+        rows: equally sized uint8 ``(N, 3, H, W)`` tensors, one per row.
+        row_titles: a title per row, written to the left of it.
+        captions: per column (sample), the lines written above it.
+        wrong: per column, draw a red frame around it (a wrong prediction).
+        font_size: caption size in pixels.
+
+    Returns:
+        uint8 ``(3, height, width)``.
+    """
+    if not rows or len(rows) != len(row_titles):
+        raise ValueError(f"need one title per row: {len(rows)} rows, {len(row_titles)} titles")
+    count, _, tile_h, tile_w = rows[0].shape
+    if len(captions) != count:
+        raise ValueError(f"need captions for {count} columns, got {len(captions)}")
+    font = _font(font_size)
+    line_h = font_size + 4
+    caption_h = GAP + line_h * max((len(c) for c in captions), default=0)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_w = GAP * 2 + max(int(measure.textlength(t, font=font)) for t in row_titles)
+    col_w = tile_w + 2 * GAP
+    width = title_w + count * col_w
+    height = caption_h + len(rows) * (tile_h + GAP) + GAP
+
+    canvas = torch.tensor(BACKGROUND, dtype=torch.uint8).view(3, 1, 1).repeat(1, height, width)
+    for r, row in enumerate(rows):
+        top = caption_h + r * (tile_h + GAP)
+        for c in range(count):
+            left = title_w + c * col_w + GAP
+            canvas[:, top : top + tile_h, left : left + tile_w] = row[c]
+    picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(picture)
+    for c, lines in enumerate(captions):
+        left = title_w + c * col_w + GAP
+        for i, line in enumerate(lines):
+            draw.text((left, GAP // 2 + i * line_h), _fit(line, tile_w, font, draw), fill=TEXT,
+                      font=font)
+        if wrong is not None and wrong[c]:
+            box = (left - GAP + 1, 1, left + tile_w + GAP - 2, height - 2)
+            draw.rectangle(box, outline=WRONG, width=FRAME)
+    for r, title in enumerate(row_titles):
+        middle = caption_h + r * (tile_h + GAP) + tile_h // 2 - line_h // 2
+        draw.text((GAP, middle), title, fill=TEXT, font=font)
+    return torch.from_numpy(np.array(picture, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+
+def explanation_grid(
+    images: Tensor,
+    maps: Sequence[tuple[str, Tensor]],
+    captions: Sequence[Sequence[str]],
+    wrong: Sequence[bool] | None = None,
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    show_heatmap: bool = False,
+    font_size: int = 13,
+) -> Tensor:
+    """The picture of an explanation: inputs on top, one overlay row per set of maps.
+
+    Args:
+        images: float display images ``(N, 3, H, W)`` in ``[0, 1]`` (see ``to_display``).
+        maps: ``(row title, maps (N, h, w) in [0, 1])`` per row; maps are resized to the
+            images' size.
+        captions: per column, the lines written above it.
+        wrong: per column, whether to frame it in red.
+        colormap: matplotlib colormap name.
+        alpha: heatmap opacity in the overlays.
+        show_heatmap: add the bare heatmap below each overlay row.
+        font_size: caption size in pixels.
+
+    Returns:
+        uint8 ``(3, height, width)``.
+    """
+    rows, titles = [to_uint8(images)], ["input"]
+    for title, cams in maps:
+        cams = resize_maps(cams.detach().float().cpu(), images.shape[-2:])
+        rows.append(overlay(images, cams, colormap=colormap, alpha=alpha))
+        titles.append(title)
+        if show_heatmap:
+            rows.append(to_uint8(heatmap(cams, colormap=colormap)))
+            titles.append("heatmap")
+    return annotated_grid(rows, titles, captions, wrong, font_size=font_size)
+
+
+def _fit(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str:
+    """``text`` cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
