@@ -21,6 +21,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from gradcam_callback._checks import check_int
 from gradcam_callback.engine.capture import capture_layer_output
 from gradcam_callback.engine.layers import LayerSpec, find_last_spatial_layer, resolve_layer
 from gradcam_callback.engine.methods import CamMethod, get_method
@@ -66,6 +67,7 @@ def compute_cam(
     output_size: OutputSize = "input",
     normalize: bool = True,
     output_transform: OutputTransform | None = None,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Compute class activation maps for a batch, leaving the model exactly as it was.
 
@@ -90,6 +92,8 @@ def compute_cam(
         normalize: per-sample min-max scaling to ``[0, 1]`` after resizing.
         output_transform: picks the logits out of a model output that is not a tensor
             (a tuple or dict, e.g. with auxiliary heads).
+        batch_size: explain at most this many samples per forward (memory is set by the
+            chunk, not by ``N``); ``None`` runs all ``N`` at once. Results are the same.
 
     Returns:
         float32 tensor ``(N, h, w)``, detached, on the inputs' device.
@@ -123,6 +127,7 @@ def compute_cam(
         output_size=output_size,
         normalize=normalize,
         output_transform=output_transform,
+        batch_size=batch_size,
     ).cams
 
 
@@ -137,6 +142,7 @@ def explain_batch(
     output_size: OutputSize = "input",
     normalize: bool = True,
     output_transform: OutputTransform | None = None,
+    batch_size: int | None = None,
 ) -> Explanation:
     """Like :func:`compute_cam`, but also return the logits of the same forward pass.
 
@@ -146,43 +152,77 @@ def explain_batch(
     cam_method = get_method(method)
     _check_inputs(inputs)
     _check_output_size(output_size)
+    batch_size = _check_batch_size(batch_size, len(inputs))
     x = _to_model(inputs, model)
+    size = inputs.shape[-2:] if output_size == "input" else output_size
 
     with preserved_rng_state(x.device), eval_mode(model), torch.inference_mode(False):
         if x.is_inference():
             x = x.clone()  # inference tensors cannot take part in autograd
         if target_layer is None:
-            layer_name = find_last_spatial_layer(model, x)
+            layer_name = find_last_spatial_layer(model, x[:batch_size])
             _, layer = resolve_layer(model, layer_name)
         else:
             layer_name, layer = resolve_layer(model, target_layer)
 
-        with capture_layer_output(
-            layer, layer_name, track_gradients=cam_method.needs_gradients
-        ) as captured, torch.no_grad():
-            output = model(x)
-        if captured.activation is None:
-            raise ValueError(
-                f"target layer {layer_name!r} was not called during the forward pass of "
-                f"{type(model).__name__}; choose a layer that the forward uses"
-            )
-        logits = logits_from_output(output, output_transform)
-        with torch.set_grad_enabled(cam_method.needs_gradients):
-            scores = select_scores(targets, logits)
-            grads = (
-                _gradients(scores, captured.activation, layer_name)
-                if cam_method.needs_gradients
-                else None
-            )
+        cams, logits = [], []
+        for start in range(0, len(x), batch_size):
+            chunk = slice(start, start + batch_size)
+            chunk_cams, chunk_logits = _explain_chunk(
+                model, x[chunk], layer, layer_name, _slice_targets(targets, chunk, len(x)),
+                cam_method, reshape_transform, output_transform)
+            with torch.autocast(x.device.type, enabled=False):
+                if size is not None:
+                    chunk_cams = resize_maps(chunk_cams, size)
+                if normalize:
+                    chunk_cams = min_max(chunk_cams)
+            cams.append(chunk_cams.to(inputs.device))
+            logits.append(chunk_logits)
+        return Explanation(torch.cat(cams), torch.cat(logits), layer_name)
 
-        with torch.autocast(x.device.type, enabled=False):
-            cams = _maps(cam_method, captured.activation, grads, reshape_transform, layer_name)
-            size = inputs.shape[-2:] if output_size == "input" else output_size
-            if size is not None:
-                cams = resize_maps(cams, size)
-            if normalize:
-                cams = min_max(cams)
-        return Explanation(cams.to(inputs.device), logits.detach(), layer_name)
+
+def _explain_chunk(model: nn.Module, x: Tensor, layer: nn.Module, layer_name: str,
+                   targets: TargetSpec, cam_method: CamMethod,
+                   reshape_transform: ReshapeTransform | None,
+                   output_transform: OutputTransform | None) -> tuple[Tensor, Tensor]:
+    """Raw maps (after ReLU, at the layer's resolution) and logits for one chunk."""
+    with capture_layer_output(
+        layer, layer_name, track_gradients=cam_method.needs_gradients
+    ) as captured, torch.no_grad():
+        output = model(x)
+    if captured.activation is None:
+        raise ValueError(
+            f"target layer {layer_name!r} was not called during the forward pass of "
+            f"{type(model).__name__}; choose a layer that the forward uses"
+        )
+    logits = logits_from_output(output, output_transform)
+    with torch.set_grad_enabled(cam_method.needs_gradients):
+        scores = select_scores(targets, logits)
+        grads = (
+            _gradients(scores, captured.activation, layer_name)
+            if cam_method.needs_gradients
+            else None
+        )
+    with torch.autocast(x.device.type, enabled=False):
+        cams = _maps(cam_method, captured.activation, grads, reshape_transform, layer_name)
+    return cams, logits.detach()
+
+
+def _slice_targets(targets: TargetSpec, chunk: slice, count: int) -> TargetSpec:
+    """The part of per-sample targets (a sequence or 1-D tensor of ``count``) in ``chunk``."""
+    if chunk == slice(0, count) or (callable(targets) and not isinstance(targets, Tensor)):
+        return targets
+    if isinstance(targets, Tensor) and targets.dim() == 1 and len(targets) == count:
+        return targets[chunk]
+    if isinstance(targets, (list, tuple)) and len(targets) == count:
+        return targets[chunk]
+    return targets  # None, an int, or a bad value that select_scores reports
+
+
+def _check_batch_size(batch_size: object, count: int) -> int:
+    if batch_size is None:
+        return max(count, 1)
+    return check_int("batch_size", batch_size, minimum=1)  # type: ignore[return-value]
 
 
 def _gradients(scores: Tensor, activation: Tensor, layer_name: str) -> Tensor:
