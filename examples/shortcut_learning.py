@@ -19,13 +19,13 @@ CPU only, about two minutes on two cores, nothing downloaded.
 from __future__ import annotations
 
 import argparse
-import shutil
 import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -110,7 +110,7 @@ def run(name: str, train_shortcut: float, args: argparse.Namespace, seed: int = 
     trainer.fit(SmallCNN(), DataLoader(train, batch_size=64, shuffle=True),
                 DataLoader(val, batch_size=128))
     strip = args.out / f"filmstrip_{name}.png"
-    shutil.copy(Path(logger.log_dir) / "gradcam" / f"{LAYER}_filmstrip.png", strip)
+    Image.fromarray(gradcam.last_filmstrip.permute(1, 2, 0).numpy()).save(strip)
     final = table.rows[-1]
     patch_area = train.shortcut_mask.float().mean().item()
     if final["patch"] > max(final["object"], 3 * patch_area):
@@ -148,8 +148,6 @@ def main() -> None:
 
 def write_samples(out: Path) -> Path:
     """A few validation images as PNG files, and the class names, for the CLI."""
-    from PIL import Image
-
     folder = out / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     data = ShortcutShapes(4, shortcut_prob=0.0, seed=3)

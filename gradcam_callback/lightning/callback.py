@@ -74,8 +74,8 @@ class GradCAMCallback(Callback):
     for other loggers with a run directory (CSV), image files in ``<log_dir>/gradcam``;
     and, when ``image_dir`` is given, image files there too.
 
-    The last grid and scalars stay available as ``last_grid`` (uint8 ``(3, H, W)``) and
-    ``last_metrics``; the fixed samples as :attr:`samples`, the maps of every run as
+    The last grid, filmstrip and scalars stay available as ``last_grid`` and
+    ``last_filmstrip`` (uint8 ``(3, H, W)``) and ``last_metrics``; the fixed samples as :attr:`samples`, the maps of every run as
     :attr:`history`.
 
     Explaining the model has no effect on training: the model runs in eval mode for the
@@ -210,6 +210,7 @@ class GradCAMCallback(Callback):
 
         self.last_metrics: dict[str, float] = {}
         self.last_grid: Tensor | None = None
+        self.last_filmstrip: Tensor | None = None
         self._history = History()
         self._samples: dict[str, FixedSamples] = {}
         self._restored_indices: list[int] | None = None
@@ -382,6 +383,7 @@ class GradCAMCallback(Callback):
                 for i, index in enumerate(samples.indices)]
         style = {"colormap": self.colormap, "alpha": self.alpha}
         strip = filmstrip(images, maps, titles, rows, **style)
+        self.last_filmstrip = strip
         self._log_image(trainer, f"gradcam/{self._layer_name}/filmstrip", strip)
         if self.save_gif:
             self._save_gifs(trainer, samples, filmstrip_frames(images, maps, titles, **style))
