@@ -19,13 +19,15 @@ CPU only, about two minutes on two cores, nothing downloaded.
 from __future__ import annotations
 
 import argparse
-import shutil
+import io
 import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -89,6 +91,15 @@ class PrintTable(Callback):
               f"{row['patch']:>14.2f} {row['drift']:>7.2f}", flush=True)
 
 
+def save_last_image(log_dir: str, tag: str, path: Path) -> None:
+    """Write the last picture logged under ``tag`` in a TensorBoard run as a PNG file."""
+    events = EventAccumulator(log_dir, size_guidance={"images": 0})
+    events.Reload()
+    encoded = events.Images(tag)[-1].encoded_image_string
+    with Image.open(io.BytesIO(encoded)) as picture:
+        picture.save(path)
+
+
 def run(name: str, train_shortcut: float, args: argparse.Namespace, seed: int = 0
         ) -> dict[str, float | str]:
     """Train one model; print its table and verdict; return the last epoch's row and the
@@ -110,7 +121,7 @@ def run(name: str, train_shortcut: float, args: argparse.Namespace, seed: int = 
     trainer.fit(SmallCNN(), DataLoader(train, batch_size=64, shuffle=True),
                 DataLoader(val, batch_size=128))
     strip = args.out / f"filmstrip_{name}.png"
-    shutil.copy(Path(logger.log_dir) / "gradcam" / f"{LAYER}_filmstrip.png", strip)
+    save_last_image(logger.log_dir, f"gradcam/{LAYER}/filmstrip", strip)
     final = table.rows[-1]
     patch_area = train.shortcut_mask.float().mean().item()
     if final["patch"] > max(final["object"], 3 * patch_area):

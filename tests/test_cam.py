@@ -114,8 +114,11 @@ def test_explain_batch_returns_the_logits_of_the_same_forward(tiny_cnn, images):
     ("kwargs", "error", "pattern"),
     [
         ({"method": "gradcamm"}, ValueError,
-         r"unknown method 'gradcamm'; valid methods: gradcam, gradcam\+\+.*"
-         r"Did you mean 'gradcam'"),
+         r"^method='gradcamm': valid values are 'gradcam', 'gradcam\+\+'.*"
+         r"Did you mean 'gradcam'\?"),
+        ({"method": 3}, TypeError, r"^method=3: must be one of 'gradcam'"),
+        ({"batch_size": 0}, ValueError, r"^batch_size=0: must be an int >= 1"),
+        ({"batch_size": 2.0}, TypeError, r"^batch_size=2.0: must be an int >= 1, got float"),
         ({"output_size": (0, 4)}, ValueError, r"output_size must be .*got \(0, 4\)"),
         ({"output_size": "full"}, ValueError, "output_size must be 'input'.*got 'full'"),
     ],
