@@ -212,7 +212,7 @@ def test_a_csv_logger_gets_image_files_in_its_own_run_directory_without_a_warnin
         assert jpg.format == "JPEG"
         assert jpg.size == (callback.last_grid.shape[2], callback.last_grid.shape[1])
         assert np.abs(np.asarray(jpg, dtype=float) - callback.last_grid.permute(1, 2, 0).numpy()
-                      ).mean() < 3  # the file is the last grid, JPEG-encoded
+                      ).mean() < 12  # the last grid, JPEG-encoded (noise images: ~6)
 
 
 def test_no_logger_and_no_image_dir_writes_nothing_and_warns_once(tmp_path, monkeypatch):
@@ -326,7 +326,8 @@ def test_a_target_class_beyond_the_outputs_fails_clearly(tmp_path):
 
 def test_label_target_without_labels_fails_clearly(tmp_path):
     callback = GradCAMCallback("features", target="label", label_key="missing")
-    with pytest.raises(ValueError, match=r"^target='label' needs class-index labels.*label_key \(now 'missing'\)"):
+    with pytest.raises(ValueError,
+                       match=r"^target='label' needs class-index labels.*\(now 'missing'\)"):
         fit(tmp_path, [callback], max_epochs=1, data=StripeData(as_dict=True))
 
 
