@@ -30,6 +30,15 @@ def test_same_result_under_no_grad_and_inference_mode(tiny_cnn, images, method):
     assert not under_inference.is_inference()
 
 
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_targets_made_under_inference_mode_work(tiny_cnn, images, method):
+    expected = compute_cam(tiny_cnn, images, "features", [1, 2, 3], method=method)
+    with torch.inference_mode():  # what a validation loop hands over: inference tensors
+        inputs, labels = images.clone(), torch.tensor([1, 2, 3])
+        maps = compute_cam(tiny_cnn, inputs, "features", labels, method=method)
+    assert torch.equal(maps, expected)
+
+
 def test_frozen_backbone_still_gets_maps(tiny_cnn, images):
     unfrozen = compute_cam(tiny_cnn, images, "features")
     for p in tiny_cnn.parameters():
