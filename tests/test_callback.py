@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import warnings
 from pathlib import Path
 
@@ -125,8 +126,31 @@ def test_model_and_process_state_are_the_same_before_and_after_the_callback(tmp_
             assert grad is None or torch.equal(grad, a["grads"][key])
 
 
+class NoisyStripes(StripeDataset):
+    """Draws from torch's, Python's and NumPy's global RNGs in ``__getitem__``, as
+    augmentations do: a callback that reads samples without restoring the RNG states
+    would shift every later batch."""
+
+    def __getitem__(self, index):
+        image, label = super().__getitem__(index)
+        noise = 0.1 * torch.rand(()) + 0.1 * random.random() + 0.1 * float(np.random.rand())
+        return image + noise, label
+
+
+class NoisyData(StripeData):
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_set, self.val_set = NoisyStripes(96, seed=1), NoisyStripes(24, seed=2)
+
+
+class DrawsOnePythonRandom(Callback):
+    def on_validation_epoch_end(self, trainer, pl_module):
+        random.random()
+
+
 def test_training_is_bit_identical_with_and_without_the_callback(tmp_path):
-    common = {"max_epochs": 3, "deterministic": True, "num_sanity_val_steps": 2}
+    common = {"max_epochs": 2, "deterministic": True, "num_sanity_val_steps": 2,
+              "data": NoisyData()}
     _, plain = fit(tmp_path / "plain", [], **common)
     _, watched = fit(tmp_path / "watched", [GradCAMCallback("features", target="both")],
                      **common)
@@ -134,8 +158,9 @@ def test_training_is_bit_identical_with_and_without_the_callback(tmp_path):
     assert plain_state.keys() == watched_state.keys()
     for key, value in plain_state.items():
         assert torch.equal(value, watched_state[key]), key
-    _, other_seed = fit(tmp_path / "other", [], **{**common, "max_epochs": 2})
-    assert not torch.equal(other_seed.state_dict()["head.3.weight"], plain_state["head.3.weight"])
+    # the test can fail: one Python random number drawn at validation changes the weights
+    _, leaky = fit(tmp_path / "leaky", [DrawsOnePythonRandom()], **common)
+    assert not torch.equal(leaky.state_dict()["head.3.weight"], plain_state["head.3.weight"])
 
 
 def test_the_same_samples_every_time_whatever_the_loader_order(tmp_path):

@@ -72,3 +72,28 @@ def test_to_display_undoes_normalisation_or_min_max_scales():
     with pytest.raises(ValueError, match=r"mean=\[0.5, 0.5\], std=\[0.2, 0.2\]: the inputs "
                        r"have 3 channels; give 3 values each"):
         to_display(normalised, [0.5, 0.5], [0.2, 0.2])
+
+
+def test_heatmap_rounds_to_the_nearest_colour_table_entry():
+    from gradcam_callback import heatmap
+
+    values = torch.tensor([0.0, 0.3, 0.5, 0.7719, 0.999, 1.0])
+    colours = heatmap(values.view(1, 1, -1), colormap="viridis")[0]  # (3, 1, 6)
+    lut = colormap_lut("viridis")
+    expected = lut[(values * 255).round().long()].T.unsqueeze(1)  # 0, 77, 128, 197, 255, 255
+    assert torch.equal(colours, expected)
+    assert not torch.equal(lut[254], lut[255])  # so truncating 0.999 would show
+
+
+def test_to_display_scales_each_image_on_its_own_unless_joint():
+    dim = torch.full((1, 3, 2, 2), 0.2)
+    dim[0, :, 0, 0] = 0.4
+    bright = torch.full((1, 3, 2, 2), 0.6)
+    bright[0, :, 1, 1] = 1.0
+    images = torch.cat([dim, bright])
+    separate = to_display(images)
+    for i in range(2):
+        assert separate[i].min() == 0 and separate[i].max() == 1
+    joint = to_display(images, joint=True)
+    torch.testing.assert_close(joint, (images - 0.2) / 0.8)
+    assert joint[0].max() == pytest.approx(0.25)  # the dim image stays dim
