@@ -129,8 +129,9 @@ def explain(args: argparse.Namespace) -> int:
     for i, path in enumerate(args.image):
         (args.out / f"{path.stem}_heatmap.png").write_bytes(encode_image(heatmaps[i]))
         (args.out / f"{path.stem}_overlay.png").write_bytes(encode_image(overlays[i]))
-        if lines[i]:
-            print(f"{path}: predicted {lines[i][0].removeprefix('pred: ')}")
+        if lines[i]:  # "pred: <class> <p>", printed as "predicted <class> (p=<p>)"
+            name, _, probability = lines[i][0].removeprefix("pred: ").rpartition(" ")
+            print(f"{path}: predicted {name} (p={probability})")
     captions = [[path.name, *lines[i]] for i, path in enumerate(args.image)]
     grid = explanation_grid(resize_tiles(images, 256),
                             [(get_method(args.method).title, result.cams)], captions,

@@ -1,6 +1,8 @@
 """Fit with strategy="ddp" on 2 CPU processes (gloo); run by tests/test_distributed.py.
 
-Lightning re-launches this script for rank 1, so it must be runnable as a file.
+Lightning re-launches this script for rank 1, so it must be runnable as a file. The second
+argument is "tensorboard" (a TensorBoard logger) or "none" (no logger; pictures go to
+``image_dir=<out>/gradcam``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ if __name__ == "__main__":
     warnings.filterwarnings("ignore")
     out, logger = Path(sys.argv[1]), sys.argv[2]
     seed_everything(0)
+    image_dir = None if logger == "tensorboard" else str(out / "gradcam")
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, default_root_dir=out,
         logger=TensorBoardLogger(out, name="tb", version=0) if logger == "tensorboard" else False,
-        callbacks=[GradCAMCallback("features", num_samples=4, target="both")],
+        callbacks=[GradCAMCallback("features", num_samples=4, target="both",
+                                   image_dir=image_dir)],
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
     )
     trainer.fit(LitTiny(), StripeData())

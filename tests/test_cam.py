@@ -30,6 +30,15 @@ def test_same_result_under_no_grad_and_inference_mode(tiny_cnn, images, method):
     assert not under_inference.is_inference()
 
 
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_targets_made_under_inference_mode_work(tiny_cnn, images, method):
+    expected = compute_cam(tiny_cnn, images, "features", [1, 2, 3], method=method)
+    with torch.inference_mode():  # what a validation loop hands over: inference tensors
+        inputs, labels = images.clone(), torch.tensor([1, 2, 3])
+        maps = compute_cam(tiny_cnn, inputs, "features", labels, method=method)
+    assert torch.equal(maps, expected)
+
+
 def test_frozen_backbone_still_gets_maps(tiny_cnn, images):
     unfrozen = compute_cam(tiny_cnn, images, "features")
     for p in tiny_cnn.parameters():
@@ -114,8 +123,11 @@ def test_explain_batch_returns_the_logits_of_the_same_forward(tiny_cnn, images):
     ("kwargs", "error", "pattern"),
     [
         ({"method": "gradcamm"}, ValueError,
-         r"unknown method 'gradcamm'; valid methods: gradcam, gradcam\+\+.*"
-         r"Did you mean 'gradcam'"),
+         r"^method='gradcamm': valid values are 'gradcam', 'gradcam\+\+'.*"
+         r"Did you mean 'gradcam'\?"),
+        ({"method": 3}, TypeError, r"^method=3: must be one of 'gradcam'"),
+        ({"batch_size": 0}, ValueError, r"^batch_size=0: must be an int >= 1"),
+        ({"batch_size": 2.0}, TypeError, r"^batch_size=2.0: must be an int >= 1, got float"),
         ({"output_size": (0, 4)}, ValueError, r"output_size must be .*got \(0, 4\)"),
         ({"output_size": "full"}, ValueError, "output_size must be 'input'.*got 'full'"),
     ],
@@ -136,3 +148,66 @@ def test_bad_options_get_clear_errors(tiny_cnn, images, kwargs, error, pattern):
 def test_bad_inputs_get_clear_errors(tiny_cnn, inputs, error, pattern):
     with pytest.raises(error, match=pattern):
         compute_cam(tiny_cnn, inputs, "features")
+
+
+# ----- details a plausible bug would change (each was once a surviving mutant) -------------
+
+class Blob(nn.Module):
+    """A 1x1 convolution with positive weights over a one-channel image, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(1, 3, 1, bias=False)
+        self.after = nn.Identity()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([1.0, 2.0, 0.5]).view(3, 1, 1, 1))
+
+    def forward(self, x):
+        return self.head(self.after(self.features(x)))
+
+
+def blob_image() -> torch.Tensor:
+    image = 0.1 * torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    image[0, 0, 2:6, 9:13] += 1.0  # the bright square the layer responds to
+    return image
+
+
+def test_eigencam_is_high_where_the_layer_is_most_active():
+    maps = compute_cam(Blob(), blob_image(), "features", method="eigencam")
+    inside = maps[0, 2:6, 9:13]
+    outside = maps[0].clone()
+    outside[2:6, 9:13] = 0
+    assert inside.min() > 0.9 and outside.max() < 0.2  # the documented sign convention
+
+
+class ZeroInPlace(nn.Module):
+    def forward(self, x):
+        return x.zero_()  # rewrites the layer's output in place, as ReLU(inplace) may
+
+
+def test_eigencam_reads_the_layer_output_as_it_left_the_layer():
+    model = Blob()
+    untouched = compute_cam(model, blob_image(), "features", method="eigencam")
+    model.after = ZeroInPlace()  # no gradients are tracked: nothing else copies the output
+    rewritten = compute_cam(model, blob_image(), "features", method="eigencam")
+    assert untouched.max() == 1
+    torch.testing.assert_close(rewritten, untouched)
+
+
+def test_auto_detection_never_picks_the_model_itself():
+    from gradcam_callback import find_last_spatial_layer
+
+    fully_convolutional = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                        nn.Conv2d(4, 2, 1))  # its own output is spatial
+    inputs = torch.randn(2, 3, 8, 8)
+    assert find_last_spatial_layer(fully_convolutional, inputs) == "2"
+    result = explain_batch(fully_convolutional, inputs, None,
+                           lambda out: out[:, 1].mean(dim=(1, 2)))
+    assert result.layer_name == "2"
+
+
+@pytest.mark.parametrize("targets", [torch.tensor([True, False, True]), True, [1, False, 2]])
+def test_bools_are_not_class_targets(tiny_cnn, images, targets):
+    with pytest.raises(TypeError, match=r"targets must be .*(bool|True|False)"):
+        compute_cam(tiny_cnn, images, "features", targets)

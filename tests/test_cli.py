@@ -53,6 +53,7 @@ def explain(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
                str(workdir / "second.png"), "--size", "32", *NORMALISATION, *extra)
 
 
+@pytest.mark.slow
 def test_explains_images_from_a_lightning_checkpoint(workdir, tmp_path):
     result = explain(workdir, "--layer", "features", "--out", str(tmp_path),
                      "--class-names", str(workdir / "names.txt"))
@@ -72,12 +73,14 @@ def test_explains_images_from_a_lightning_checkpoint(workdir, tmp_path):
         assert grid.width > 2 * 128 and grid.height > 2 * 128
 
 
+@pytest.mark.slow
 def test_auto_detected_layer_is_printed(workdir, tmp_path):
     result = explain(workdir, "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "layer: features (auto-detected)" in result.stdout
 
 
+@pytest.mark.slow
 def test_target_label_and_class_index(workdir, tmp_path):
     by_label = explain(workdir, "--out", str(tmp_path / "a"), "--target", "label",
                        "--labels", "left", "right", "--class-names", str(workdir / "names.txt"))
@@ -88,6 +91,7 @@ def test_target_label_and_class_index(workdir, tmp_path):
     assert np.array_equal(second_label, second_index)  # "right" is class 2
 
 
+@pytest.mark.slow
 def test_a_plain_module_with_weights(workdir, tmp_path):
     result = run("explain", "--model", "torchvision.models:resnet18", "--model-arg",
                  "num_classes=3", "--weights", str(workdir / "resnet.pth"), "--image",
@@ -97,6 +101,7 @@ def test_a_plain_module_with_weights(workdir, tmp_path):
     assert (tmp_path / "first_overlay.png").exists()
 
 
+@pytest.mark.slow
 def test_the_console_script_and_help_with_examples(workdir, tmp_path):
     script = Path(sys.executable).parent / "gradcam-callback"
     result = subprocess.run([str(script), "explain", "--help"], capture_output=True, text=True,
@@ -144,6 +149,7 @@ def test_bad_input_is_one_line_and_exit_status_2(workdir, tmp_path, change, mess
     assert message in lines[0]
 
 
+@pytest.mark.slow
 def test_bad_input_from_the_real_entry_point(workdir, tmp_path):
     result = run("explain", "--model", "tests.lit_helpers:LitTiny", "--checkpoint",
                  str(workdir / "run.ckpt"), "--image", str(workdir / "broken.png"),

@@ -95,3 +95,13 @@ def test_uniform_map_scores_its_area():
 def test_bad_arguments(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+@pytest.mark.parametrize(("size", "fraction"), [(8, 0.05), (5, 0.01), (3, 0.1)])
+def test_the_border_is_at_least_one_pixel_wide(size, fraction):
+    frame = border_mask(size, size, fraction)
+    expected = torch.ones(size, size, dtype=torch.bool)
+    expected[1:-1, 1:-1] = False
+    assert torch.equal(frame, expected)
+    assert torch.equal(border_mask(20, 10, 0.1)[2:-2, 1:-1], torch.zeros(16, 8, dtype=torch.bool))
+    assert border_mask(20, 10, 0.1).sum() == 20 * 10 - 16 * 8

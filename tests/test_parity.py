@@ -47,6 +47,7 @@ def assert_matches_up_to_eigen_sign(ours: Tensor, flipped: Tensor, ref: Tensor, 
     assert diff.max().item() < 1e-4, f"{method}: max |ours - pytorch-grad-cam| = {diff}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", CAM_METHODS)
 def test_matches_pytorch_grad_cam_on_resnet18(resnet18, method):
     inputs = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(2))
@@ -60,6 +61,7 @@ def test_matches_pytorch_grad_cam_on_resnet18(resnet18, method):
     assert ours.flatten(1).std(1).min() > 0.05  # real maps, not a trivially equal constant
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam"])
 def test_matches_pytorch_grad_cam_on_a_vit_with_reshape_transform(method):
     torch.manual_seed(3)

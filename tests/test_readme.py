@@ -35,6 +35,7 @@ def test_the_option_table_lists_exactly_the_constructor_arguments():
     assert documented == arguments
 
 
+@pytest.mark.slow
 def test_the_lightningcli_yaml_runs_as_written(tmp_path):
     import os
     import subprocess

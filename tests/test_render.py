@@ -37,12 +37,12 @@ def test_lut_is_a_256_entry_rgb_table():
 @pytest.mark.parametrize(
     ("call", "pattern"),
     [
-        (lambda: colormap_lut("virdis"), "unknown colormap 'virdis'.*'viridis'"),
+        (lambda: colormap_lut("virdis"), "colormap='virdis': not a matplotlib.*'viridis'"),
         (lambda: overlay(torch.rand(1, 3, 4, 4), torch.rand(1, 5, 5)),
          r"cams must be \(N, H, W\) = \(1, 4, 4\).*got \(1, 5, 5\)"),
         (lambda: overlay(torch.rand(1, 2, 4, 4), torch.rand(1, 4, 4)), r"\(N, 1 or 3, H, W\)"),
         (lambda: overlay(torch.rand(1, 3, 4, 4), torch.rand(1, 4, 4), alpha=1.5),
-         r"alpha must be in \[0, 1\], got 1.5"),
+         r"^alpha=1.5: must be a finite number >= 0.0 and <= 1.0"),
     ],
 )
 def test_bad_render_arguments_get_clear_errors(call, pattern):
@@ -69,5 +69,31 @@ def test_to_display_undoes_normalisation_or_min_max_scales():
     torch.testing.assert_close(to_display(normalised, [0.5] * 3, [0.2] * 3), raw)
     scaled = to_display(normalised)
     assert scaled.amin() == 0 and scaled.amax() == 1
-    with pytest.raises(ValueError, match=r"one value per input channel \(3\), got 2 and 2"):
+    with pytest.raises(ValueError, match=r"mean=\[0.5, 0.5\], std=\[0.2, 0.2\]: the inputs "
+                       r"have 3 channels; give 3 values each"):
         to_display(normalised, [0.5, 0.5], [0.2, 0.2])
+
+
+def test_heatmap_rounds_to_the_nearest_colour_table_entry():
+    from gradcam_callback import heatmap
+
+    values = torch.tensor([0.0, 0.3, 0.5, 0.7719, 0.999, 1.0])
+    colours = heatmap(values.view(1, 1, -1), colormap="viridis")[0]  # (3, 1, 6)
+    lut = colormap_lut("viridis")
+    expected = lut[(values * 255).round().long()].T.unsqueeze(1)  # 0, 77, 128, 197, 255, 255
+    assert torch.equal(colours, expected)
+    assert not torch.equal(lut[254], lut[255])  # so truncating 0.999 would show
+
+
+def test_to_display_scales_each_image_on_its_own_unless_joint():
+    dim = torch.full((1, 3, 2, 2), 0.2)
+    dim[0, :, 0, 0] = 0.4
+    bright = torch.full((1, 3, 2, 2), 0.6)
+    bright[0, :, 1, 1] = 1.0
+    images = torch.cat([dim, bright])
+    separate = to_display(images)
+    for i in range(2):
+        assert separate[i].min() == 0 and separate[i].max() == 1
+    joint = to_display(images, joint=True)
+    torch.testing.assert_close(joint, (images - 0.2) / 0.8)
+    assert joint[0].max() == pytest.approx(0.25)  # the dim image stays dim

@@ -14,6 +14,8 @@ import io
 import warnings
 from pathlib import Path
 
+import pytest
+
 from gradcam_callback.synthetic import ShortcutShapes
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shortcut_learning.py"
@@ -26,6 +28,7 @@ def load_example():
     return module
 
 
+@pytest.mark.slow
 def test_the_shortcut_is_caught_and_the_honest_model_looks_at_the_shapes(tmp_path):
     example = load_example()
     args = argparse.Namespace(out=tmp_path, epochs=3, train_size=1536)

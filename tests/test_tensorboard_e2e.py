@@ -12,6 +12,7 @@ import urllib.parse
 import urllib.request
 import warnings
 
+import pytest
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
@@ -34,6 +35,7 @@ def get(base: str, path: str) -> bytes:
         return response.read()
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_the_logged_grid(tmp_path):
     seed_everything(0)
     logger = TensorBoardLogger(tmp_path, name="run", version=0)

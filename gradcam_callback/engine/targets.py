@@ -118,7 +118,10 @@ def _classes_tensor(targets: TargetSpec, n: int, device: torch.device) -> Tensor
                 f"targets must have one class per sample: shape ({n},), got "
                 f"{tuple(targets.shape)}"
             )
-        return targets.to(device=device, dtype=torch.long)
+        classes = targets.to(device=device, dtype=torch.long)
+        # labels made under inference mode (a validation batch) cannot index a tensor
+        # that autograd saves; a copy made here, outside inference mode, can
+        return classes.clone() if classes.is_inference() else classes
     if isinstance(targets, Sequence) and not isinstance(targets, (str, bytes)):
         if len(targets) != n:
             raise ValueError(
