@@ -26,7 +26,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gradcam_callback import GradCAMCallback
-from gradcam_callback.lightning.sinks import FileSink, claim_run_directory, image_sinks
+from gradcam_callback.lightning.sinks import (
+    FileSink,
+    WandbSink,
+    claim_run_directory,
+    image_sinks,
+)
 from gradcam_callback.render import (
     annotated_grid,
     explanation_grid,
@@ -113,12 +118,19 @@ def test_per_sample_images_fit_tensorboards_card_at_actual_size(tmp_path):
     events.Reload()
     tags = sorted(t for t in events.Tags()["images"] if "/overlay" in t)
     assert tags == [f"{OVERLAY}/sample_{i}" for i in range(3)]
+    lasts = []
     for tag in tags:
         pictures = [read_picture(e.encoded_image_string) for e in events.Images(tag)]
         assert [e.step for e in events.Images(tag)] == STEPS
         assert header_of(pictures[-1], "epoch 1 · step 12")
         # shown 1:1 in a ~320 px card: 13 px captions stay 13 px on screen
         assert pictures[-1].shape[2] <= TAB_CARD_PX
+        lasts.append(pictures[-1])
+    assert not torch.equal(lasts[0], lasts[1]) and not torch.equal(lasts[1], lasts[2])
+    # each is the grid's column of its sample: the same tiles, side by side in the grid
+    tile_rows = slice(lasts[0].shape[1] - 128 - 6, lasts[0].shape[1] - 6)
+    grid_last_tile = callback.last_grid[:, tile_rows, -128 - 6 : -6]
+    assert torch.equal(lasts[2][:, tile_rows, -128 - 6 : -6], grid_last_tile)
     # the grid of the same run (not logged) is several times wider: it would be shrunk
     assert callback.last_grid.shape[2] > 1.5 * TAB_CARD_PX
 
@@ -242,6 +254,7 @@ def test_wandb_offline_run_has_the_pictures_in_its_media_at_the_global_step(tmp_
     try:
         _, callback = fit(tmp_path, logger)
         run_dir = Path(logger.experiment.dir).parent
+        WandbSink(logger, "jpeg").log_image("gradcam/check", callback.last_grid, 99, "jpeg")
     finally:
         logger.experiment.finish()
     rows = wandb_history(run_dir)
@@ -257,6 +270,10 @@ def test_wandb_offline_run_has_the_pictures_in_its_media_at_the_global_step(tmp_
     assert header_of(last, "epoch 1 · step 12")
     strips = [r for r in rows if "gradcam/features/filmstrip/filenames" in r]
     assert [r["trainer/global_step"] for r in strips] == [12]
+    jpeg = next(r for r in rows if "gradcam/check/filenames" in r)  # the default image_format
+    assert jpeg["trainer/global_step"] == 99 and jpeg["gradcam/check/format"] == "jpg"
+    assert read_picture(run_dir / "files" / jpeg["gradcam/check/filenames"][0]).shape == \
+        callback.last_grid.shape
 
     scalars = [r for r in rows if "gradcam/features/border_energy" in r]
     assert [(r["trainer/global_step"], r["epoch"]) for r in scalars] == [(6, 0), (12, 1)]

@@ -227,7 +227,7 @@ class GradCAMCallback(Callback):
         self._samples: dict[str, FixedSamples] = {}
         self._restored_indices: list[int] | None = None
         self._layer_name: str | None = target_layer
-        self._sinks: list[ImageSink] = []
+        self._sinks: list[ImageSink] | None = None  # chosen at the first picture of a run
         self._dataset_class_names: list[str] | None = None
         self._warned: set[str] = set()
 
@@ -272,7 +272,7 @@ class GradCAMCallback(Callback):
         if self._restored_indices is None:
             self._history.clear()  # a reused callback starts a new history
         self._samples.clear()
-        self._sinks = []
+        self._sinks = None
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -426,7 +426,7 @@ class GradCAMCallback(Callback):
             path.write_bytes(encode_gif(sample_frames))
 
     def _file_directory(self, trainer: Trainer) -> Path | None:
-        files = [sink.directory for sink in self._sinks if isinstance(sink, FileSink)]
+        files = [sink.directory for sink in self._sinks or [] if isinstance(sink, FileSink)]
         if files:
             return files[-1]  # image_dir's run folder when given, else the run's own
         if self.image_dir is not None:
@@ -454,13 +454,13 @@ class GradCAMCallback(Callback):
         return self.class_names if self.class_names is not None else self._dataset_class_names
 
     def _log_image(self, trainer: Trainer, tag: str, picture: Tensor, caption: str = "") -> None:
-        if not self._sinks:
+        if self._sinks is None:
             self._sinks = image_sinks(trainer.loggers, self.image_dir, self.image_format,
                                       trainer.default_root_dir)
             if not self._sinks:
-                self._warn_once("no_sinks", "GradCAMCallback: no logger can show pictures "
-                                "(loggers are off) and no image_dir is set; pictures are not "
-                                "saved. Pass image_dir= to write them as files.")
+                self._warn_once("no_sinks", "GradCAMCallback: no logger takes pictures and no "
+                                "image_dir is set; pictures are not saved. Pass image_dir= to "
+                                "write them as files.")
         for sink in self._sinks:
             sink.log_image(tag, picture, trainer.global_step, caption)
 

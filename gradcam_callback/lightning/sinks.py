@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from gradcam_callback.render import encode_image
@@ -190,8 +190,9 @@ def image_sinks(loggers: list[Logger], image_dir: str | Path | None, image_forma
     if image_dir is not None:
         sinks.append(FileSink(claim_run_directory(image_dir), image_format))
     elif not loggers and default_root_dir is not None:
-        sinks.append(FileSink(claim_run_directory(Path(default_root_dir) / "gradcam"),
-                              image_format))
+        directory = claim_run_directory(Path(default_root_dir) / "gradcam")
+        rank_zero_info(f"GradCAMCallback: no logger; pictures are written to {directory}")
+        sinks.append(FileSink(directory, image_format))
     return sinks
 
 
