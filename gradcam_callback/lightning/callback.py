@@ -30,11 +30,10 @@ from gradcam_callback.engine.scopes import preserved_rng_state
 from gradcam_callback.engine.transforms import vit_reshape_transform
 from gradcam_callback.lightning.history import History, evenly_spaced
 from gradcam_callback.lightning.samples import FixedSamples, SampleReader
-from gradcam_callback.lightning.sinks import ImageSink, image_sinks
+from gradcam_callback.lightning.sinks import FileSink, ImageSink, image_sinks
 from gradcam_callback.metrics import attention_scalars
 from gradcam_callback.render import (
     IMAGE_FORMATS,
-    class_name,
     colormap_lut,
     encode_gif,
     explanation_grid,
@@ -42,6 +41,8 @@ from gradcam_callback.render import (
     filmstrip_frames,
     prediction_captions,
     resize_tiles,
+    run_header,
+    sample_title,
     to_display,
 )
 
@@ -70,13 +71,18 @@ class GradCAMCallback(Callback):
     :mod:`gradcam_callback.metrics`. At the end of fit, ``gradcam/<layer>/filmstrip`` shows
     every sample's map across the runs in one picture.
 
-    Pictures go to every logger that can show them: a TensorBoard logger's event file;
-    for other loggers with a run directory (CSV), image files in ``<log_dir>/gradcam``;
-    and, when ``image_dir`` is given, image files there too.
+    Every picture carries its epoch and step in a header line. Pictures go to every
+    logger: a TensorBoard logger's event file, a W&B run's media (at
+    ``trainer/global_step``), an MLflow run's images (against the step), any other logger's
+    ``log_image``; a logger with only a run directory (CSV) gets image files in
+    ``<log_dir>/gradcam``; with no logger, files go to
+    ``<default_root_dir>/gradcam/version_<n>``; and, when ``image_dir`` is given, files go to
+    ``<image_dir>/version_<n>`` too (a new ``n`` per run, so runs never overwrite each
+    other). Scalars go to every logger's ``log_metrics`` with ``epoch`` next to them.
 
     The last grid, filmstrip and scalars stay available as ``last_grid`` and
-    ``last_filmstrip`` (uint8 ``(3, H, W)``) and ``last_metrics``; the fixed samples as :attr:`samples`, the maps of every run as
-    :attr:`history`.
+    ``last_filmstrip`` (uint8 ``(3, H, W)``) and ``last_metrics``; the fixed samples as
+    :attr:`samples`, the maps of every run as :attr:`history`.
 
     Explaining the model has no effect on training: the model runs in eval mode for the
     computation only, no ``.grad`` is touched, and the global RNG states are restored, so
@@ -119,12 +125,17 @@ class GradCAMCallback(Callback):
         mask_fn: a callable ``batch -> {name: (N, H, W) bool mask}``, for other formats.
         filmstrip_max: at most this many runs (columns) in the filmstrip, evenly spread.
         save_gif: also write an animated GIF of each sample's maps over the runs (into
-            ``image_dir``, or the first logger's run directory).
+            ``image_dir``'s run folder, or the run's own image folder).
         image_format: how grids are encoded in the event files and image files:
             ``"jpeg"`` (quality 90) or ``"png"`` (lossless, several times larger).
             Size matters twice: on disk, and because TensorBoard's writer computes a
             pure-Python checksum of every event (about 0.2 s of CPU per MB).
-        image_dir: also write every picture as a file into this directory.
+        image_dir: also write every picture as a file, into a new folder
+            ``<image_dir>/version_<n>`` per run.
+        per_sample_images: log one picture per sample, ``gradcam/<layer>/overlay/sample_<i>``
+            (``i`` its dataset index), instead of one grid: its captions stay legible in
+            TensorBoard's default card size (about 320 px), where a grid of many columns is
+            shrunk until only "Show actual image size" makes its text readable.
 
     Raises:
         TypeError: an argument of the wrong type (the message names it and says what is valid).
@@ -167,6 +178,7 @@ class GradCAMCallback(Callback):
         save_gif: bool = False,
         image_format: str = "jpeg",
         image_dir: str | None = None,
+        per_sample_images: bool = False,
     ) -> None:
         super().__init__()
         if target_layer is not None and not isinstance(target_layer, str):
@@ -196,6 +208,7 @@ class GradCAMCallback(Callback):
         if image_dir is not None and not isinstance(image_dir, (str, Path)):
             raise TypeError(f"image_dir={image_dir!r}: must be a directory path (str) or None")
         self.image_dir = image_dir
+        self.per_sample_images = _checks.check_bool("per_sample_images", per_sample_images)
         self._reader = SampleReader(
             num_samples=self.num_samples,
             sample_indices=_checks.check_int_sequence("sample_indices", sample_indices),
@@ -215,7 +228,8 @@ class GradCAMCallback(Callback):
         self._samples: dict[str, FixedSamples] = {}
         self._restored_indices: list[int] | None = None
         self._layer_name: str | None = target_layer
-        self._sinks: list[ImageSink] = []
+        self._sinks: list[ImageSink] | None = None  # chosen at the first picture of a run
+        self._dataset_class_names: list[str] | None = None
         self._warned: set[str] = set()
 
     @property
@@ -259,7 +273,7 @@ class GradCAMCallback(Callback):
         if self._restored_indices is None:
             self._history.clear()  # a reused callback starts a new history
         self._samples.clear()
-        self._sinks = []
+        self._sinks = None
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -297,20 +311,31 @@ class GradCAMCallback(Callback):
             inputs = trainer.precision_plugin.convert_input(samples.inputs.to(pl_module.device))
             rows, logits = self._explain(pl_module, inputs, samples.labels)
             captions, wrong = prediction_captions(logits.cpu(), samples.labels,
-                                                  self.class_names)
-            self.last_grid = explanation_grid(
-                self._display_images(samples), rows, captions, wrong, colormap=self.colormap,
-                alpha=self.alpha, show_heatmap=self.show_heatmap)
+                                                  self._class_names)
+            header = run_header(trainer.current_epoch, trainer.global_step,
+                                None if stage == "validate" else stage)
+            style = {"colormap": self.colormap, "alpha": self.alpha,
+                     "show_heatmap": self.show_heatmap, "header": header}
+            images = self._display_images(samples)
+            self.last_grid = explanation_grid(images, rows, captions, wrong, **style)
             prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
-            self._log_image(trainer, prefix + "overlay", self.last_grid)
+            if not self.per_sample_images:
+                self._log_image(trainer, prefix + "overlay", self.last_grid, header)
+            for i, index in enumerate(samples.indices if self.per_sample_images else []):
+                picture = explanation_grid(images[i : i + 1],
+                                           [(title, maps[i : i + 1]) for title, maps in rows],
+                                           captions[i : i + 1], wrong[i : i + 1], **style)
+                self._log_image(trainer, prefix + f"overlay/sample_{index}", picture, header)
             primary = rows[0][1].cpu()
             metrics = self._measure(primary, samples.masks)
             if stage == "validate" and trainer.state.fn == "fit":
                 metrics.update(self._history.add(primary, trainer.current_epoch,
                                                  trainer.global_step))
             self.last_metrics = {prefix + name: value for name, value in metrics.items()}
+            # epoch in the same call, as Lightning logs it: CSV rows then carry their epoch
+            scalars = {**self.last_metrics, "epoch": trainer.current_epoch}
             for logger in trainer.loggers:
-                logger.log_metrics(self.last_metrics, step=trainer.global_step)
+                logger.log_metrics(scalars, step=trainer.global_step)
 
     def _explain(self, pl_module: LightningModule, inputs: Tensor,
                  labels: Tensor | None) -> tuple[list[tuple[str, Tensor]], Tensor]:
@@ -378,13 +403,14 @@ class GradCAMCallback(Callback):
         maps = self._history.maps[runs]  # type: ignore[index]
         titles = [f"epoch {self._history.epochs[r]}" for r in runs]
         images = self._display_images(samples)
-        rows = [f"#{index}" + ("" if samples.labels is None
-                               else f" {class_name(int(samples.labels[i]), self.class_names)}")
-                for i, index in enumerate(samples.indices)]
+        rows = [sample_title(index, None if samples.labels is None else int(samples.labels[i]),
+                             self._class_names) for i, index in enumerate(samples.indices)]
         style = {"colormap": self.colormap, "alpha": self.alpha}
-        strip = filmstrip(images, maps, titles, rows, **style)
+        header = (f"filmstrip · epochs {self._history.epochs[0]}-{self._history.epochs[-1]}"
+                  f" · step {trainer.global_step}")
+        strip = filmstrip(images, maps, titles, rows, header=header, **style)
         self.last_filmstrip = strip
-        self._log_image(trainer, f"gradcam/{self._layer_name}/filmstrip", strip)
+        self._log_image(trainer, f"gradcam/{self._layer_name}/filmstrip", strip, header)
         if self.save_gif:
             self._save_gifs(trainer, samples, filmstrip_frames(images, maps, titles, **style))
         return strip
@@ -402,6 +428,9 @@ class GradCAMCallback(Callback):
             path.write_bytes(encode_gif(sample_frames))
 
     def _file_directory(self, trainer: Trainer) -> Path | None:
+        files = [sink.directory for sink in self._sinks or [] if isinstance(sink, FileSink)]
+        if files:
+            return files[-1]  # image_dir's run folder when given, else the run's own
         if self.image_dir is not None:
             return Path(self.image_dir)
         for logger in trainer.loggers:
@@ -418,17 +447,24 @@ class GradCAMCallback(Callback):
             if stage == "validate" and self._restored_indices is not None:
                 wanted = self._restored_indices
             self._samples[stage] = self._reader.read(loader, wanted, stage, self._warn_once)
+            self._dataset_class_names = _names_of(getattr(loader, "dataset", None))
         return self._samples[stage]
 
-    def _log_image(self, trainer: Trainer, tag: str, picture: Tensor) -> None:
-        if not self._sinks:
-            self._sinks = image_sinks(trainer.loggers, self.image_dir, self.image_format)
+    @property
+    def _class_names(self) -> Sequence[str] | None:
+        """``class_names``, else the dataset's own (``classes`` or ``class_names``)."""
+        return self.class_names if self.class_names is not None else self._dataset_class_names
+
+    def _log_image(self, trainer: Trainer, tag: str, picture: Tensor, caption: str = "") -> None:
+        if self._sinks is None:
+            self._sinks = image_sinks(trainer.loggers, self.image_dir, self.image_format,
+                                      trainer.default_root_dir)
             if not self._sinks:
-                self._warn_once("no_sinks", "GradCAMCallback: no logger can show pictures "
-                                "(loggers are off) and no image_dir is set; pictures are not "
-                                "saved. Pass image_dir= to write them as files.")
+                self._warn_once("no_sinks", "GradCAMCallback: no logger takes pictures and no "
+                                "image_dir is set; pictures are not saved. Pass image_dir= to "
+                                "write them as files.")
         for sink in self._sinks:
-            sink.log_image(tag, picture, trainer.global_step)
+            sink.log_image(tag, picture, trainer.global_step, caption)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -462,6 +498,15 @@ def _check_target(target: object) -> str | int | Callable[[Tensor], Tensor]:
         f"target={target!r}: valid targets are 'predicted', 'label', 'both', a class index "
         ">= 0, or a callable logits -> (N,) scores"
     )
+
+
+def _names_of(dataset: object) -> list[str] | None:
+    """A dataset's class names (torchvision's ``classes``, or ``class_names``), if any."""
+    for attribute in ("classes", "class_names"):
+        names = getattr(dataset, attribute, None)
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+    return None
 
 
 def _reshape_transform(value: object) -> Callable[[Tensor], Tensor] | None:

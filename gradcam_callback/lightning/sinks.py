@@ -1,25 +1,52 @@
 """Where pictures go: one sink per logger kind, chosen from ``trainer.loggers``.
 
-- :class:`TensorBoardSink`: image summaries in the logger's event file.
-- :class:`FileSink`: image files in a directory of the run's own (a CSV logger's run
-  directory, or the ``image_dir`` the user gave).
+================================  ===================================================
+logger                            pictures
+================================  ===================================================
+``TensorBoardLogger``             image summaries in its event file (:class:`TensorBoardSink`)
+``WandbLogger``                   the run's media, at ``trainer/global_step``
+                                  (:class:`WandbSink`, through ``WandbLogger.log_image``)
+``MLFlowLogger``                  images of the run against the step (:class:`MLflowSink`,
+                                  ``MlflowClient.log_image(key=, step=)``)
+any logger with ``log_image``     ``logger.log_image(key=, images=[PIL image], step=)``
+any other logger with a           files in ``<log_dir>/gradcam`` (:class:`FileSink`)
+``log_dir`` (``CSVLogger``)
+no logger (``logger=False``)      files in ``<default_root_dir>/gradcam/version_<n>``
+``image_dir=`` given              also files in ``<image_dir>/version_<n>``
+================================  ===================================================
+
+``version_<n>`` is the next number free when the run writes its first picture, claimed
+atomically (``mkdir``), so runs that share a folder never overwrite each other's files.
+``DummyLogger`` (``fast_dev_run``) gets nothing. wandb and mlflow are imported by their
+loggers only when a picture is sent to them, never by this module.
 
 Scalars are not sinks' business: they go to every logger through ``log_metrics``.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from gradcam_callback.render import encode_image
 
-__all__ = ["FileSink", "ImageSink", "TensorBoardSink", "image_sinks"]
+__all__ = [
+    "FileSink",
+    "ImageSink",
+    "LogImageSink",
+    "MLflowSink",
+    "TensorBoardSink",
+    "WandbSink",
+    "claim_run_directory",
+    "image_sinks",
+]
 
 
 class ImageSink(ABC):
@@ -40,6 +67,7 @@ class TensorBoardSink(ImageSink):
     With torch's ``SummaryWriter`` (what the logger makes) the picture is encoded here, in
     the callback's ``image_format``, and written as one summary; ``add_image`` would always
     re-encode it as a slow default-level PNG. Any other writer gets ``add_image``.
+    TensorBoard has no caption field; the picture's own header says when it was taken.
     """
 
     def __init__(self, logger: TensorBoardLogger, image_format: str = "jpeg") -> None:
@@ -53,6 +81,66 @@ class TensorBoardSink(ImageSink):
         return f"TensorBoard ({self.logger.log_dir})"
 
 
+class WandbSink(ImageSink):
+    """The run's media panel of a :class:`~lightning.pytorch.loggers.WandbLogger`.
+
+    Sent through ``WandbLogger.log_image``, which logs the picture together with
+    ``trainer/global_step`` (the x-axis Lightning sets for every W&B metric), so the media
+    panel's step slider lines up with the scalars. ``caption`` becomes the image's caption.
+    """
+
+    def __init__(self, logger: Logger, image_format: str = "jpeg") -> None:
+        self.logger = logger
+        self.file_type = "png" if image_format == "png" else "jpg"
+
+    def log_image(self, tag: str, picture: Tensor, step: int, caption: str = "") -> None:
+        self.logger.log_image(key=tag, images=[to_pil(picture)], step=step,  # type: ignore[attr-defined]
+                              caption=[caption], file_type=[self.file_type])
+
+    def describe(self) -> str:
+        return "Weights & Biases (the run's media)"
+
+
+class MLflowSink(ImageSink):
+    """Images of an :class:`~lightning.pytorch.loggers.MLFlowLogger`'s run, against the step.
+
+    With mlflow >= 2.12, ``MlflowClient.log_image(run_id, image, key=, step=)``: the run's
+    artifacts ``images/<key>+step+<step>+...png`` that MLflow's UI shows with a step slider.
+    Older mlflow gets the artifact ``gradcam/<tag>_step<step>.png``. MLflow stores PNG.
+    """
+
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def log_image(self, tag: str, picture: Tensor, step: int, caption: str = "") -> None:
+        client = self.logger.experiment
+        run_id = self.logger.run_id  # type: ignore[attr-defined]
+        if "key" in inspect.signature(client.log_image).parameters:
+            client.log_image(run_id, to_pil(picture), key=_mlflow_key(tag), step=step)
+        else:
+            client.log_image(run_id, to_pil(picture),
+                             artifact_file=f"gradcam/{_file_stem(tag)}_step{step:07d}.png")
+
+    def describe(self) -> str:
+        return "MLflow (the run's images)"
+
+
+class LogImageSink(ImageSink):
+    """Any logger with a ``log_image(key, images, step)`` method, as Lightning's W&B one has.
+
+    The picture goes as a one-element list of PIL images.
+    """
+
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def log_image(self, tag: str, picture: Tensor, step: int, caption: str = "") -> None:
+        self.logger.log_image(key=tag, images=[to_pil(picture)], step=step)  # type: ignore[attr-defined]
+
+    def describe(self) -> str:
+        return f"{type(self.logger).__name__}.log_image"
+
+
 class FileSink(ImageSink):
     """Image files ``<tag without gradcam/>_step<step>.<ext>`` in ``directory``."""
 
@@ -61,9 +149,8 @@ class FileSink(ImageSink):
         self.image_format = image_format
 
     def path_for(self, tag: str, step: int) -> Path:
-        name = re.sub(r"[^\w.-]+", "_", tag.removeprefix("gradcam/"))
         suffix = "png" if self.image_format == "png" else "jpg"
-        return self.directory / f"{name}_step{step:07d}.{suffix}"
+        return self.directory / f"{_file_stem(tag)}_step{step:07d}.{suffix}"
 
     def log_image(self, tag: str, picture: Tensor, step: int, caption: str = "") -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -73,31 +160,98 @@ class FileSink(ImageSink):
         return f"files in {self.directory}"
 
 
-def image_sinks(loggers: list[Logger], image_dir: str | Path | None,
-                image_format: str) -> list[ImageSink]:
-    """The sinks for a trainer's loggers, plus a :class:`FileSink` in ``image_dir`` if given.
+def image_sinks(loggers: list[Logger], image_dir: str | Path | None, image_format: str,
+                default_root_dir: str | Path | None = None) -> list[ImageSink]:
+    """The sinks for a trainer's loggers (one per logger), plus files in ``image_dir``.
 
-    A TensorBoard logger gets its event file; any other logger with a run directory gets
-    files in ``<its log_dir>/gradcam``. Loggers without a place of their own (Lightning's
-    ``DummyLogger`` under ``fast_dev_run``) get nothing: no files are written anywhere the
-    user did not choose.
+    Call it once per run, when the first picture is ready: a file folder of its own
+    (``version_<n>``) is claimed then, for ``image_dir`` and for the no-logger case.
+
+    Args:
+        loggers: ``trainer.loggers``.
+        image_dir: also write every picture into ``<image_dir>/version_<n>``.
+        image_format: ``"jpeg"`` or ``"png"``, for event files and image files.
+        default_root_dir: ``trainer.default_root_dir``: with no logger at all (and no
+            ``image_dir``), pictures go to ``<default_root_dir>/gradcam/version_<n>``.
+
+    Returns:
+        The sinks; a logger that can take no pictures (one with neither ``log_image`` nor
+        a ``log_dir``) is named in a warning.
     """
     sinks: list[ImageSink] = []
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            sinks.append(TensorBoardSink(logger, image_format))
-        elif _run_directory(logger) is not None:
-            sinks.append(FileSink(Path(_run_directory(logger)) / "gradcam", image_format))
+        sink = sink_for(logger, image_format)
+        if sink is not None:
+            sinks.append(sink)
+        elif not _is_dummy(logger):
+            rank_zero_warn(f"GradCAMCallback: {type(logger).__name__} takes no pictures (it has "
+                           "neither log_image nor a log_dir); pass image_dir= to also write "
+                           "them as files.")
     if image_dir is not None:
-        sinks.append(FileSink(image_dir, image_format))
+        sinks.append(FileSink(claim_run_directory(image_dir), image_format))
+    elif not loggers and default_root_dir is not None:
+        directory = claim_run_directory(Path(default_root_dir) / "gradcam")
+        rank_zero_info(f"GradCAMCallback: no logger; pictures are written to {directory}")
+        sinks.append(FileSink(directory, image_format))
     return sinks
 
 
-def _run_directory(logger: Logger) -> str | None:
-    if type(logger).__name__ == "DummyLogger":
+def sink_for(logger: Logger, image_format: str = "jpeg") -> ImageSink | None:
+    """The sink for one logger, or ``None`` when it can take no pictures."""
+    if _is_dummy(logger):
         return None
+    if isinstance(logger, TensorBoardLogger):
+        return TensorBoardSink(logger, image_format)
+    if isinstance(logger, WandbLogger) or type(logger).__name__ == "WandbLogger":
+        return WandbSink(logger, image_format)
+    if isinstance(logger, MLFlowLogger) or type(logger).__name__ == "MLFlowLogger":
+        return MLflowSink(logger)
+    if callable(getattr(logger, "log_image", None)):
+        return LogImageSink(logger)
     directory = getattr(logger, "log_dir", None)
-    return str(directory) if directory else None
+    if directory:
+        return FileSink(Path(directory) / "gradcam", image_format)
+    return None
+
+
+def claim_run_directory(parent: str | Path) -> Path:
+    """Create and return ``<parent>/version_<n>`` for the lowest ``n`` not yet taken.
+
+    ``mkdir`` without ``exist_ok`` is atomic, so two runs starting together get two folders.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name.removeprefix("version_")) for p in parent.glob("version_*")
+             if p.name.removeprefix("version_").isdigit()]
+    number = max(taken, default=-1) + 1
+    while True:
+        candidate = parent / f"version_{number}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        return candidate
+
+
+def to_pil(picture: Tensor) -> Any:
+    """uint8 ``(3, H, W)`` as a PIL RGB image (what W&B, MLflow and most loggers accept)."""
+    from PIL import Image
+
+    return Image.fromarray(picture.permute(1, 2, 0).contiguous().numpy())
+
+
+def _file_stem(tag: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", tag.removeprefix("gradcam/"))
+
+
+def _mlflow_key(tag: str) -> str:
+    """``tag`` with the characters MLflow's image keys refuse replaced by ``_``."""
+    return re.sub(r"[^a-zA-Z0-9_\-./ ]", "_", tag)
+
+
+def _is_dummy(logger: Logger) -> bool:
+    return type(logger).__name__ == "DummyLogger"
 
 
 def write_image_summary(writer: Any, tag: str, picture: Tensor, step: int,

@@ -5,7 +5,12 @@ Knows nothing of models or Lightning: tensors in, uint8 pictures (or bytes) out.
 
 from __future__ import annotations
 
-from gradcam_callback.render.captions import class_name, prediction_captions
+from gradcam_callback.render.captions import (
+    class_name,
+    prediction_captions,
+    run_header,
+    sample_title,
+)
 from gradcam_callback.render.colormap import colormap_lut, heatmap
 from gradcam_callback.render.encode import IMAGE_FORMATS, encode_gif, encode_image
 from gradcam_callback.render.filmstrip import filmstrip, filmstrip_frames
@@ -26,6 +31,8 @@ __all__ = [
     "overlay",
     "prediction_captions",
     "resize_tiles",
+    "run_header",
+    "sample_title",
     "to_display",
     "to_uint8",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-__all__ = ["class_name", "prediction_captions"]
+__all__ = ["class_name", "prediction_captions", "run_header", "sample_title"]
 
 
 def class_name(index: int, class_names: Sequence[str] | None) -> str:
@@ -46,3 +46,30 @@ def prediction_captions(
             if labels is not None:
                 wrong[i] = int(predicted[i]) != int(labels[i])
     return lines, wrong
+
+
+def sample_title(index: int, label: int | None, class_names: Sequence[str] | None = None) -> str:
+    """A fixed sample's name: its dataset index and, when known, its class.
+
+    Example::
+
+        >>> sample_title(3, 1, ["cat", "dog"])
+        '#3 dog'
+        >>> sample_title(3, None)
+        '#3'
+    """
+    return f"#{index}" if label is None else f"#{index} {class_name(int(label), class_names)}"
+
+
+def run_header(epoch: int, step: int, stage: str | None = None) -> str:
+    """The header line of a logged picture: when it was taken.
+
+    Example::
+
+        >>> run_header(3, 120)
+        'epoch 3 · step 120'
+        >>> run_header(3, 120, "test")
+        'test · epoch 3 · step 120'
+    """
+    when = f"epoch {epoch} · step {step}"
+    return f"{stage} · {when}" if stage else when

@@ -2,13 +2,18 @@
 
 :func:`annotated_grid` lays out any rows of tiles; :func:`explanation_grid` is *the* picture
 of an explanation (inputs, one overlay row per explained target, optional heatmap rows,
-captions, red frames on wrong predictions), used by the callback, the CLI and the
-benchmarks alike. Pillow writes the text onto the finished canvas.
+captions, red frames on wrong predictions, a note on maps with no positive evidence), used
+by the callback, the CLI and the benchmarks alike. Pillow writes the text onto the finished
+canvas.
+
+Legibility: text scales with the tiles (``font_size=None``), so the ratio of text height to
+picture width, which is what survives when a viewer shrinks the picture into a card (about
+320 px in TensorBoard), stays the same for 32 px and 512 px inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,13 +24,16 @@ from gradcam_callback.ops import resize_maps
 from gradcam_callback.render.colormap import heatmap
 from gradcam_callback.render.overlay import overlay, to_uint8
 
-__all__ = ["annotated_grid", "explanation_grid"]
+__all__ = ["NO_EVIDENCE", "annotated_grid", "explanation_grid", "no_evidence_notes"]
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
 WRONG = (230, 40, 40)
+NOTE_BACKGROUND = (0, 0, 0)
 GAP = 6
 FRAME = 3
+MIN_FONT = 13
+NO_EVIDENCE = "no positive evidence"
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -41,7 +49,9 @@ def annotated_grid(
     captions: Sequence[Sequence[str]],
     wrong: Sequence[bool] | None = None,
     *,
-    font_size: int = 13,
+    font_size: int | None = None,
+    header: str | None = None,
+    notes: Mapping[tuple[int, int], str] | None = None,
 ) -> Tensor:
     """Lay out rows of tiles as one captioned picture.
 
@@ -50,7 +60,11 @@ def annotated_grid(
         row_titles: a title per row, written to the left of it.
         captions: per column (sample), the lines written above it.
         wrong: per column, draw a red frame around it (a wrong prediction).
-        font_size: caption size in pixels.
+        font_size: text size in pixels; ``None`` scales it with the tiles (13 px up to
+            156 px wide tiles, then a twelfth of the tile width).
+        header: a line written across the top, e.g. ``"epoch 3 · step 120"``.
+        notes: text written over single tiles, keyed by ``(row, column)``, e.g. ``"no
+            positive evidence"`` on an all-zero map; wrapped to the tile's width.
 
     Returns:
         uint8 ``(3, height, width)``.
@@ -60,13 +74,18 @@ def annotated_grid(
     count, _, tile_h, tile_w = rows[0].shape
     if len(captions) != count:
         raise ValueError(f"need captions for {count} columns, got {len(captions)}")
+    if font_size is None:
+        font_size = max(MIN_FONT, tile_w // 12)
     font = _font(font_size)
     line_h = font_size + 4
-    caption_h = GAP + line_h * max((len(c) for c in captions), default=0)
+    header_h = 0 if not header else line_h + 2 * GAP
+    caption_h = header_h + GAP + line_h * max((len(c) for c in captions), default=0)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     title_w = GAP * 2 + max(int(measure.textlength(t, font=font)) for t in row_titles)
     col_w = tile_w + 2 * GAP
     width = title_w + count * col_w
+    if header:
+        width = max(width, int(measure.textlength(header, font=font)) + 2 * GAP)
     height = caption_h + len(rows) * (tile_h + GAP) + GAP
 
     canvas = torch.tensor(BACKGROUND, dtype=torch.uint8).view(3, 1, 1).repeat(1, height, width)
@@ -77,19 +96,26 @@ def annotated_grid(
             canvas[:, top : top + tile_h, left : left + tile_w] = row[c]
     picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     draw = ImageDraw.Draw(picture)
+    if header:
+        draw.text((GAP, GAP), header, fill=TEXT, font=font)
     for c, lines in enumerate(captions):
         left = title_w + c * col_w + GAP
         for i, line in enumerate(lines):
-            draw.text((left, GAP // 2 + i * line_h), _fit(line, tile_w, font, draw), fill=TEXT,
-                      font=font)
+            draw.text((left, header_h + GAP // 2 + i * line_h), _fit(line, tile_w, font, draw),
+                      fill=TEXT, font=font)
         if wrong is not None and wrong[c]:
-            box = (left - GAP + 1, 1, left + tile_w + GAP - 2, height - 2)
+            box = (left - GAP + 1, header_h + 1, left + tile_w + GAP - 2, height - 2)
             draw.rectangle(box, outline=WRONG, width=FRAME)
     for r, title in enumerate(row_titles):
         middle = caption_h + r * (tile_h + GAP) + tile_h // 2 - line_h // 2
         draw.text((GAP, middle), title, fill=TEXT, font=font)
+    for (r, c), note in (notes or {}).items():
+        if not (0 <= r < len(rows) and 0 <= c < count):
+            raise ValueError(f"notes: tile ({r}, {c}) is outside the {len(rows)} x {count} grid")
+        centre = (title_w + c * col_w + GAP + tile_w // 2, caption_h + r * (tile_h + GAP)
+                  + tile_h // 2)
+        _note(draw, centre, _wrap(note, tile_w - 2 * GAP, font, draw), font)
     return torch.from_numpy(np.array(picture, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
 
 
 def explanation_grid(
@@ -101,9 +127,13 @@ def explanation_grid(
     colormap: str = "jet",
     alpha: float = 0.5,
     show_heatmap: bool = False,
-    font_size: int = 13,
+    font_size: int | None = None,
+    header: str | None = None,
 ) -> Tensor:
     """The picture of an explanation: inputs on top, one overlay row per set of maps.
+
+    An overlay tile whose map is zero everywhere (no positive evidence for the target: the
+    ReLU removed everything) says so in text, instead of showing a plain blue tile.
 
     Args:
         images: float display images ``(N, 3, H, W)`` in ``[0, 1]`` (see ``to_display``).
@@ -114,20 +144,30 @@ def explanation_grid(
         colormap: matplotlib colormap name.
         alpha: heatmap opacity in the overlays.
         show_heatmap: add the bare heatmap below each overlay row.
-        font_size: caption size in pixels.
+        font_size: text size in pixels; ``None`` scales it with the tiles.
+        header: a line across the top, e.g. ``"epoch 3 · step 120"``.
 
     Returns:
         uint8 ``(3, height, width)``.
     """
     rows, titles = [to_uint8(images)], ["input"]
+    notes: dict[tuple[int, int], str] = {}
     for title, cams in maps:
         cams = resize_maps(cams.detach().float().cpu(), images.shape[-2:])
+        notes.update(no_evidence_notes(cams, row=len(rows)))
         rows.append(overlay(images, cams, colormap=colormap, alpha=alpha))
         titles.append(title)
         if show_heatmap:
             rows.append(to_uint8(heatmap(cams, colormap=colormap)))
             titles.append("heatmap")
-    return annotated_grid(rows, titles, captions, wrong, font_size=font_size)
+    return annotated_grid(rows, titles, captions, wrong, font_size=font_size, header=header,
+                          notes=notes)
+
+
+def no_evidence_notes(maps: Tensor, row: int, first_column: int = 0) -> dict[tuple[int, int], str]:
+    """``{(row, column): NO_EVIDENCE}`` for each map ``(N, h, w)`` that is nowhere positive."""
+    empty = ~(maps.detach().flatten(1) > 0).any(dim=1)
+    return {(row, first_column + int(i)): NO_EVIDENCE for i in empty.nonzero().flatten()}
 
 
 def _fit(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str:
@@ -139,3 +179,19 @@ def _fit(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str:
     return text + "…"
 
 
+def _wrap(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str:
+    """``text`` broken into lines of at most ``width`` pixels, at spaces."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
+
+
+def _note(draw: ImageDraw.ImageDraw, centre: tuple[int, int], text: str, font: object) -> None:
+    """``text`` centred on ``centre``, light on a dark box so it reads on any colour."""
+    box = draw.multiline_textbbox(centre, text, font=font, anchor="mm", align="center")
+    draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=NOTE_BACKGROUND)
+    draw.multiline_text(centre, text, fill=TEXT, font=font, anchor="mm", align="center")
