@@ -275,9 +275,9 @@ def test_each_logger_kind_gets_its_sink(tmp_path):
     assert [type(s) for s in only_tb] == [TensorBoardSink]
     chosen = image_sinks([tensorboard], tmp_path / "pictures", "jpeg")
     assert [type(s) for s in chosen] == [TensorBoardSink, FileSink]
-    assert chosen[1].directory == tmp_path / "pictures"
+    assert chosen[1].directory == tmp_path / "pictures" / "version_0"  # one folder per run
     assert image_sinks([DummyLogger()], None, "png") == []
-    assert not list(tmp_path.rglob("*.*"))  # choosing sinks writes nothing
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # choosing sinks writes no file
 
 
 def test_a_file_sink_writes_the_exact_picture(tmp_path):
