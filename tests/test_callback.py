@@ -6,6 +6,7 @@ import io
 import random
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -60,10 +61,33 @@ def decode(event) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
 
 
-def test_logs_one_annotated_grid_per_validation_run_not_during_sanity_check(tmp_path):
-    trainer, _ = fit(tmp_path, [GradCAMCallback("features", num_samples=5)],
-                     num_sanity_val_steps=2)
-    events = logged_images(trainer, "gradcam/features/overlay")
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> SimpleNamespace:
+    """One 2-epoch fit for the tests that only read what it logged (a fit costs seconds).
+
+    Four callbacks, on four layers so that their tags differ: the layer auto-detected,
+    a callable target with 64 px tiles, ``target="both"``, and ``"both"`` with heatmaps;
+    two TensorBoard loggers.
+    """
+    tmp = tmp_path_factory.mktemp("shared")
+    callbacks = SimpleNamespace(
+        auto=GradCAMCallback(None, num_samples=5),
+        small=GradCAMCallback("features.0", num_samples=5, max_image_size=64,
+                              target=lambda logits: logits[:, 0]),
+        both=GradCAMCallback("features.4", num_samples=5, target="both"),
+        both_heat=GradCAMCallback("features.1", num_samples=5, target="both",
+                                  show_heatmap=True),
+    )
+    loggers = [TensorBoardLogger(tmp, name="a"), TensorBoardLogger(tmp, name="b")]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(num_workers|LeafSpec|logging interval).*")
+        trainer, model = fit(tmp, list(vars(callbacks).values()), logger=loggers,
+                             num_sanity_val_steps=2)
+    return SimpleNamespace(trainer=trainer, model=model, loggers=loggers, **vars(callbacks))
+
+
+def test_logs_one_annotated_grid_per_validation_run_not_during_sanity_check(shared):
+    events = logged_images(shared.trainer, "gradcam/features/overlay")
     assert [e.step for e in events] == [6, 12]  # 96 samples / 16 per batch, after each epoch
     picture = decode(events[-1])
     assert picture.shape == (events[-1].height, events[-1].width, 3)
@@ -71,25 +95,48 @@ def test_logs_one_annotated_grid_per_validation_run_not_during_sanity_check(tmp_
     assert picture.std() > 20
 
 
+def test_the_auto_detected_layer_names_the_tag_and_is_checkpointed(shared):
+    assert shared.auto.layer_name == "features"
+    assert shared.auto.state_dict()["layer_name"] == "features"
+
+
+def test_target_both_and_heatmaps_add_rows(shared):
+    def height(layer: str) -> int:
+        return logged_images(shared.trainer, f"gradcam/{layer}/overlay")[0].height
+
+    row = height("features.4") - height("features")  # "both": one overlay row more
+    assert row == 128 + 6  # a 128 px tile and its gap
+    assert height("features.1") - height("features.4") == 2 * row  # a heatmap under each
+
+
+def test_callable_target_and_max_image_size(shared):
+    default_image = logged_images(shared.trainer, "gradcam/features/overlay")[0]
+    small_image = logged_images(shared.trainer, "gradcam/features.0/overlay")[0]
+    # 32 px inputs: upscaled to 128 px tiles by default, capped at 64 px here
+    assert default_image.width - small_image.width == 5 * (128 - 64)
+
+
+def test_every_tensorboard_logger_gets_the_grid(shared):
+    for logger in shared.loggers:
+        events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+        events.Reload()
+        for layer in ("features", "features.0", "features.4", "features.1"):
+            assert [e.step for e in events.Images(f"gradcam/{layer}/overlay")] == [6, 12]
+
+
+def test_a_smaller_test_set_does_not_change_the_validation_samples(shared):
+    data = StripeData()
+    data.test_dataloader = lambda: DataLoader(StripeDataset(3, seed=7), batch_size=3)
+    with pytest.warns(UserWarning, match="the test dataset has 3"):
+        shared.trainer.test(shared.model, data)
+    assert logged_images(shared.trainer, "gradcam/features/test/overlay")
+    assert shared.auto.state_dict()["sample_indices"] == [0, 1, 2, 3, 4]
+    assert shared.auto.samples.indices == [0, 1, 2, 3, 4]
+
+
 def test_every_n_epochs(tmp_path):
     trainer, _ = fit(tmp_path, [GradCAMCallback("features", every_n_epochs=2)], max_epochs=4)
     assert [e.step for e in logged_images(trainer, "gradcam/features/overlay")] == [12, 24]
-
-
-def test_target_both_and_heatmaps_add_rows(tmp_path):
-    heights = {}
-    for name, kwargs in {"one": {}, "both": {"target": "both"},
-                         "both_heat": {"target": "both", "show_heatmap": True}}.items():
-        trainer, _ = fit(tmp_path / name, [GradCAMCallback("features", **kwargs)], max_epochs=1)
-        heights[name] = logged_images(trainer, "gradcam/features/overlay")[0].height
-    row = heights["both"] - heights["one"]
-    assert row >= 96
-    assert heights["both_heat"] - heights["both"] == 2 * row
-
-
-def test_auto_detected_layer_names_the_tag(tmp_path):
-    trainer, _ = fit(tmp_path, [GradCAMCallback(None)], max_epochs=1)
-    assert logged_images(trainer, "gradcam/features/overlay")
 
 
 class Spy(Callback):
@@ -366,27 +413,6 @@ def test_sharded_strategies_are_refused_with_a_reason():
         GradCAMCallback("features").setup(trainer, LitTiny(), "fit")
 
 
-def test_callable_target_and_max_image_size(tmp_path):
-    small = GradCAMCallback("features", num_samples=2, max_image_size=64,
-                            target=lambda logits: logits[:, 0])
-    default = GradCAMCallback("features.0", num_samples=2)
-    trainer, _ = fit(tmp_path, [small, default], max_epochs=1)
-    small_image = logged_images(trainer, "gradcam/features/overlay")[0]
-    default_image = logged_images(trainer, "gradcam/features.0/overlay")[0]
-    # 32 px inputs: upscaled to 128 px tiles by default, capped at 64 px here
-    assert default_image.width - small_image.width == 2 * (128 - 64)
-
-
-def test_every_tensorboard_logger_gets_the_grid(tmp_path):
-    loggers = [TensorBoardLogger(tmp_path, name="a"), TensorBoardLogger(tmp_path, name="b")]
-    fit(tmp_path, [GradCAMCallback("features", num_samples=2)], max_epochs=1,
-        logger=loggers)
-    for logger in loggers:
-        events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
-        events.Reload()
-        assert [e.step for e in events.Images("gradcam/features/overlay")] == [6]
-
-
 def test_scalars_drift_and_mask_energies_are_logged(tmp_path):
     callback = GradCAMCallback("features", num_samples=4)
     trainer, _ = fit(tmp_path, [callback], max_epochs=3, data=ShapesData())
@@ -478,14 +504,3 @@ def test_jpeg_grids_are_smaller_and_decode(tmp_path):
             assert picture.size == (event.width, event.height)
         sizes[image_format] = len(event.encoded_image_string)
     assert sizes["jpeg"] < sizes["png"]
-
-
-def test_a_smaller_test_set_does_not_change_the_validation_samples(tmp_path):
-    callback = GradCAMCallback("features", num_samples=6)
-    trainer, model = fit(tmp_path, [callback], max_epochs=1)
-    data = StripeData()
-    data.test_dataloader = lambda: DataLoader(StripeDataset(3, seed=7), batch_size=3)
-    with pytest.warns(UserWarning, match="the test dataset has 3"):
-        trainer.test(model, data)
-    assert logged_images(trainer, "gradcam/features/test/overlay")
-    assert callback.state_dict()["sample_indices"] == [0, 1, 2, 3, 4, 5]
