@@ -229,12 +229,18 @@ def test_a_compiled_resnet18_cold_and_warm(resnet18_and_maps):
     _check_compiled(compiled, inputs, eager_maps, ("layer4", "_orig_mod.layer4"))
 
 
-def test_a_compiled_submodule_cold_and_warm(resnet18_and_maps):
-    model, inputs, eager_maps = resnet18_and_maps
-    wrapper = nn.Sequential()
-    wrapper.add_module("backbone", torch.compile(model, backend="eager"))
-    _check_compiled(wrapper, inputs, eager_maps,
-                    ("backbone.layer4", "backbone._orig_mod.layer4"))
+def test_a_compiled_submodule_cold_and_warm():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+                             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+    model = nn.Sequential()
+    model.add_module("backbone", backbone)
+    model.add_module("head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                           nn.Linear(16, 4)))
+    inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    eager_maps = compute_cam(model, inputs, "backbone")
+    model.backbone = torch.compile(backbone, backend="eager")
+    _check_compiled(model, inputs, eager_maps, ("backbone", "backbone._orig_mod"))
 
 
 @pytest.mark.slow
