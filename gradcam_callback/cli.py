@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from gradcam_callback.engine import available_methods, explain_batch, get_method
+from gradcam_callback.engine.transforms import check_reading
 from gradcam_callback.errors import UsageError
 
 EXAMPLES = """\
@@ -30,17 +31,25 @@ examples:
   gradcam-callback explain --model torchvision.models:resnet18 --model-arg num_classes=10 \\
       --weights resnet18.pth --image a.png --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225
 
+  # any timm/torchvision model as built (no --weights: a warning; random unless built in),
+  # a vision transformer included: layer and token layout are found automatically
+  gradcam-callback explain --model timm:create_model --model-arg model_name=vit_tiny_patch16_224 \\
+      --image photo.jpg --alpha 0.4
+
   # explain the true class instead of the predicted one
   gradcam-callback explain ... --image a.png b.png --target label --labels cat dog \\
       --class-names names.txt
 
 Writes <image>_heatmap.png and <image>_overlay.png per image and grid.png with all of
-them; prints the predicted class and its probability per image. Without --layer the
-last layer with a spatial output is used, and printed.
+them; prints the predicted class and its probability per image. Without --layer a layer
+is chosen (a CNN's last spatial block, a ViT's last pre-attention norm, a Swin's last
+norm) and printed with how its output was read. Images keep their aspect ratio: the
+shorter side is resized to --size and the centre cropped (--resize crop, the default).
 """
 
 
 CliError = UsageError
+RESIZE_MODES = ("crop", "squash", "none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,12 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
                               "a class name from --class-names")
     explain.add_argument("--labels", nargs="+", help="one true class per image (index or name)")
     explain.add_argument("--size", type=int, default=224,
-                         help="resize images to SIZE x SIZE (default 224)")
+                         help="images become SIZE x SIZE (default 224), see --resize")
+    explain.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                         help="crop (default): resize the shorter side to SIZE, keeping the "
+                              "aspect ratio, and crop the centre; squash: resize to SIZE x SIZE, "
+                              "distorting; none: native size (all images the same size)")
+    explain.add_argument("--reshape-transform", default="auto", metavar="READING",
+                         help="how to read the layer's output: auto (default), nchw, nhwc, "
+                              "tokens, tokens:<prefix count>")
     explain.add_argument("--grayscale", action="store_true", help="feed 1-channel images")
     explain.add_argument("--mean", type=float, nargs="+", help="per-channel normalisation mean")
     explain.add_argument("--std", type=float, nargs="+", help="per-channel normalisation std")
     explain.add_argument("--class-names", type=Path, help="a text file, one class name a line")
     explain.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
+    explain.add_argument("--alpha", type=float, default=0.5,
+                         help="heatmap opacity in the overlays, 0 to 1 (default 0.5)")
     explain.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -99,18 +117,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def explain(args: argparse.Namespace) -> int:
     class_names = _read_class_names(args.class_names)
-    images = _read_images(args.image, args.size, args.grayscale)
+    if not 0 <= args.alpha <= 1:
+        raise CliError(f"--alpha must be in [0, 1], got {args.alpha}")
+    try:
+        reading = check_reading(args.reshape_transform, "--reshape-transform")
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    images = _read_images(args.image, args.size, args.grayscale, args.resize)
     inputs = _normalise(images, args.mean, args.std)
     from gradcam_callback.lightning.loading import load_model
 
     model = load_model(args.model, args.model_arg, args.checkpoint, args.weights)
     targets = _targets(args, class_names, len(args.image))
     try:
-        result = explain_batch(model, inputs, args.layer, targets, method=args.method)
+        result = explain_batch(model, inputs, args.layer, targets, method=args.method,
+                               reshape_transform=reading)
     except ValueError as error:
         raise CliError(str(error)) from None
-    if args.layer is None:
-        print(f"layer: {result.layer_name} (auto-detected)")
+    chosen = " (auto-detected)" if args.layer is None else ""
+    print(f"layer: {result.layer_name}{chosen}: {result.reading}")
 
     from gradcam_callback.render import (
         encode_image,
@@ -123,7 +148,7 @@ def explain(args: argparse.Namespace) -> int:
     )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    overlays = overlay(images, result.cams, colormap=args.colormap)
+    overlays = overlay(images, result.cams, colormap=args.colormap, alpha=args.alpha)
     heatmaps = to_uint8(heatmap(result.cams, colormap=args.colormap))
     lines, _ = prediction_captions(result.logits.cpu(), None, class_names)
     for i, path in enumerate(args.image):
@@ -135,7 +160,7 @@ def explain(args: argparse.Namespace) -> int:
     captions = [[path.name, *lines[i]] for i, path in enumerate(args.image)]
     grid = explanation_grid(resize_tiles(images, 256),
                             [(get_method(args.method).title, result.cams)], captions,
-                            colormap=args.colormap)
+                            colormap=args.colormap, alpha=args.alpha)
     (args.out / "grid.png").write_bytes(encode_image(grid))
     print(f"wrote {len(args.image)} heatmaps and overlays and grid.png to {args.out}")
     return 0
@@ -152,7 +177,13 @@ def _read_class_names(path: Path | None) -> list[str] | None:
     return names
 
 
-def _read_images(paths: list[Path], size: int, grayscale: bool) -> Tensor:
+def _read_images(paths: list[Path], size: int, grayscale: bool, resize: str) -> Tensor:
+    """The images as one float batch in ``[0, 1]``, ``(N, C, H, W)``.
+
+    ``resize``: ``"crop"`` scales the shorter side to ``size`` (aspect ratio kept) and
+    crops the centre square; ``"squash"`` scales to ``size x size``; ``"none"`` keeps the
+    native size, which must then be the same for all images.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if size < 8:
@@ -163,14 +194,35 @@ def _read_images(paths: list[Path], size: int, grayscale: bool) -> Tensor:
             raise CliError(f"--image: no such file: {path}")
         try:
             with Image.open(path) as image:
-                picture = image.convert("L" if grayscale else "RGB").resize((size, size),
-                                                                            Image.BILINEAR)
+                picture = _resized(image.convert("L" if grayscale else "RGB"), size, resize)
         except (UnidentifiedImageError, OSError) as error:
             raise CliError(f"--image: cannot read {path} as an image ({error})") from None
         array = torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.uint8)
         channels = 1 if grayscale else 3
-        tensors.append(array.view(size, size, channels).permute(2, 0, 1).float() / 255)
+        tensors.append(array.view(picture.height, picture.width, channels).permute(2, 0, 1)
+                       .float() / 255)
+    sizes = {tuple(t.shape[1:]) for t in tensors}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{t.shape[1]}x{t.shape[2]} ({p.name})" for t, p in zip(
+            tensors, paths, strict=True))
+        raise CliError(f"--resize none needs images of one size, got {listed}; use --resize "
+                       "crop or squash")
     return torch.stack(tensors)
+
+
+def _resized(picture: Any, size: int, resize: str) -> Any:
+    from PIL import Image
+
+    if resize == "none":
+        return picture
+    if resize == "squash":
+        return picture.resize((size, size), Image.BILINEAR)
+    scale = size / min(picture.width, picture.height)
+    width = max(size, round(picture.width * scale))
+    height = max(size, round(picture.height * scale))
+    scaled = picture.resize((width, height), Image.BILINEAR)
+    left, top = (width - size) // 2, (height - size) // 2
+    return scaled.crop((left, top, left + size, top + size))
 
 
 def _normalise(images: Tensor, mean: list[float] | None, std: list[float] | None) -> Tensor:

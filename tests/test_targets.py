@@ -74,16 +74,16 @@ class WithAux(nn.Module):
     def forward(self, x):
         pooled = self.conv(x).mean((2, 3))
         if self.as_dict:
-            return {"logits": self.main(pooled), "aux": self.aux(pooled)}
+            return {"main": self.main(pooled), "aux": self.aux(pooled)}
         return self.main(pooled), self.aux(pooled)
 
 
-@pytest.mark.parametrize(("as_dict", "hint"), [(False, r"out\[0\]"), (True, r"out\['logits'\]")])
+@pytest.mark.parametrize(("as_dict", "hint"), [(False, r"out\[0\]"), (True, r"out\['main'\]")])
 def test_non_tensor_outputs_need_output_transform_and_say_how(images, as_dict, hint):
     model = WithAux(as_dict)
     with pytest.raises(TypeError, match=f"returned a (tuple|dict).*output_transform.*{hint}"):
         compute_cam(model, images, "conv")
-    pick = (lambda out: out["logits"]) if as_dict else (lambda out: out[0])
+    pick = (lambda out: out["main"]) if as_dict else (lambda out: out[0])
     result = explain_batch(model, images, "conv", output_transform=pick)
     assert result.cams.shape == (3, 32, 32)
     with torch.no_grad():

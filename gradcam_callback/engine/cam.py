@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from gradcam_callback._checks import check_int
 from gradcam_callback.engine.capture import capture_layer_output
-from gradcam_callback.engine.layers import LayerSpec, find_last_spatial_layer, resolve_layer
+from gradcam_callback.engine.layers import (
+    LayerSpec,
+    choose_layer,
+    probe_layout_hints,
+    resolve_layer,
+    run_eagerly,
+    unwrap_compiled,
+)
 from gradcam_callback.engine.methods import CamMethod, get_method
 from gradcam_callback.engine.scopes import eval_mode, preserved_rng_state
 from gradcam_callback.engine.targets import (
@@ -32,7 +39,14 @@ from gradcam_callback.engine.targets import (
     logits_from_output,
     select_scores,
 )
-from gradcam_callback.engine.transforms import ReshapeTransform
+from gradcam_callback.engine.transforms import (
+    AmbiguousReading,
+    Reading,
+    ReadingSpec,
+    ReshapeTransform,
+    check_reading,
+    read_layer_output,
+)
 from gradcam_callback.ops import min_max, resize_maps
 
 CamMethodName = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
@@ -48,12 +62,16 @@ class Explanation(NamedTuple):
         cams: float32 ``(N, h, w)`` maps, detached, on the inputs' device.
         logits: the model output (after ``output_transform``) from the same forward,
             detached, on the model's device.
-        layer_name: the dotted name of the layer explained (useful with auto-detection).
+        layer_name: the dotted name of the layer explained (useful with auto-detection;
+            without the ``_orig_mod`` parts of a compiled model).
+        reading: how its output was read as maps, e.g. ``"tokens, 1 prefix + 14x14 grid"``
+            or ``"channels-first, 7x7 grid"``.
     """
 
     cams: Tensor
     logits: Tensor
     layer_name: str
+    reading: str
 
 
 def compute_cam(
@@ -63,7 +81,7 @@ def compute_cam(
     targets: TargetSpec = None,
     *,
     method: CamMethodName = "gradcam",
-    reshape_transform: ReshapeTransform | None = None,
+    reshape_transform: ReadingSpec = "auto",
     output_size: OutputSize = "input",
     normalize: bool = True,
     output_transform: OutputTransform | None = None,
@@ -72,26 +90,35 @@ def compute_cam(
     """Compute class activation maps for a batch, leaving the model exactly as it was.
 
     Args:
-        model: any ``nn.Module``; it runs in eval mode for this call only.
         inputs: ``(N, C, H, W)`` floating-point batch. Cast to the model's parameter
             dtype and moved to its device for the forward.
+        model: any ``nn.Module``, also ``torch.compile``d (or with compiled submodules):
+            the CAM runs it eagerly, without recompiling or running its compiled graph.
         target_layer: a submodule of ``model``, its dotted name (as
-            ``model.named_modules()`` spells it), or ``None`` for the last layer with a
-            spatial output (found with one probe forward). If the layer runs several
+            ``model.named_modules()`` spells it; a compiled model's ``_orig_mod`` parts
+            are optional), or ``None`` to choose one with a probe forward and backward:
+            the last layer with maps that the target score flows through (on a CNN, the
+            last spatial block; on a class-token ViT, the last block's pre-attention
+            norm; see :mod:`~gradcam_callback.engine.layers`). If the layer runs several
             times in one forward, its last call is explained.
         targets: ``None`` (each sample's predicted class), an ``int`` (that class for
             all), ``N`` ints (a sequence or 1-D tensor), or a callable
             ``output -> (N,)`` scores. Ignored by ``eigencam`` apart from validation.
         method: one of ``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"hirescam"``,
             ``"layercam"``, ``"eigencam"`` (formulas in this module's docstring).
-        reshape_transform: maps a non-spatial layer output to ``(N, C, h, w)``,
-            applied to activations and gradients alike; see
-            :func:`~gradcam_callback.vit_reshape_transform` for vision transformers.
+        reshape_transform: how to read the layer's output as maps: ``"auto"`` (channels-
+            first, channels-last or tokens, recognised from the shape, the input size and
+            the layer's stride), ``"nchw"``, ``"nhwc"``, ``"tokens"`` (``"vit"``; prefix
+            tokens and grid inferred), ``"tokens:<n>"`` (``n`` prefix tokens), or a
+            callable ``output -> (N, C, h, w)`` applied to activations and gradients
+            alike. ``None`` means ``"auto"``. See
+            :mod:`~gradcam_callback.engine.transforms`.
         output_size: ``"input"`` (the inputs' ``H, W``), ``None`` (the layer's own
             resolution) or ``(h, w)``.
         normalize: per-sample min-max scaling to ``[0, 1]`` after resizing.
         output_transform: picks the logits out of a model output that is not a tensor
-            (a tuple or dict, e.g. with auxiliary heads).
+            (a tuple or dict, e.g. with auxiliary heads). Not needed for outputs that
+            carry ``logits`` (Hugging Face ``ModelOutput``, dicts, named tuples).
         batch_size: explain at most this many samples per forward (memory is set by the
             chunk, not by ``N``); ``None`` runs all ``N`` at once. Results are the same.
 
@@ -99,15 +126,18 @@ def compute_cam(
         float32 tensor ``(N, h, w)``, detached, on the inputs' device.
 
     Raises:
-        ValueError: an unknown method or layer name, a bad ``output_size``, targets that
-            do not fit the model output, a layer output that is not ``(N, C, h, w)``
-            without ``reshape_transform``, or a layer the forward never calls.
+        ValueError: an unknown method, reading or layer name, a bad ``output_size``,
+            targets that do not fit the model output, a layer output that does not read
+            as maps of the input (attention internals, a tensor that does not depend on
+            the input) or reads more than one way (the message names the readings and how
+            to choose), or a layer the forward never calls.
         TypeError: inputs, targets or layer of the wrong type.
 
     Side effects: none. Each submodule's ``training`` flag, every parameter's ``.grad``,
     BatchNorm running statistics, the global RNG states, the grad mode and the module
     hook dicts are as they were before the call, also when it raises. Works under
-    ``torch.no_grad()`` and ``torch.inference_mode()``.
+    ``torch.no_grad()`` and ``torch.inference_mode()``. A compiled model's graphs, guards
+    and compile counters are untouched.
 
     Example::
 
@@ -138,7 +168,7 @@ def explain_batch(
     targets: TargetSpec = None,
     *,
     method: CamMethodName = "gradcam",
-    reshape_transform: ReshapeTransform | None = None,
+    reshape_transform: ReadingSpec = "auto",
     output_size: OutputSize = "input",
     normalize: bool = True,
     output_transform: OutputTransform | None = None,
@@ -146,31 +176,39 @@ def explain_batch(
 ) -> Explanation:
     """Like :func:`compute_cam`, but also return the logits of the same forward pass.
 
-    For callers that show predictions next to the maps: one forward serves both.
+    For callers that show predictions next to the maps: one forward serves both; the
+    result also names the layer and how its output was read.
     Arguments, errors and guarantees are those of :func:`compute_cam`.
     """
     cam_method = get_method(method)
+    spec = check_reading(reshape_transform)
     _check_inputs(inputs)
     _check_output_size(output_size)
     batch_size = _check_batch_size(batch_size, len(inputs))
+    model = unwrap_compiled(model)
     x = _to_model(inputs, model)
     size = inputs.shape[-2:] if output_size == "input" else output_size
 
     with preserved_rng_state(x.device), eval_mode(model), torch.inference_mode(False):
         if x.is_inference():
             x = x.clone()  # inference tensors cannot take part in autograd
+        reading: Reading | None = None
         if target_layer is None:
-            layer_name = find_last_spatial_layer(model, x[:batch_size])
-            _, layer = resolve_layer(model, layer_name)
-        else:
-            layer_name, layer = resolve_layer(model, target_layer)
+            first = slice(0, batch_size)
+            layer_name, reading = choose_layer(
+                model, x[first], _slice_targets(targets, first, len(x)),
+                output_transform=output_transform)
+            if spec != "auto":
+                reading = None
+        layer_name, layer = resolve_layer(model, layer_name if target_layer is None
+                                          else target_layer)
 
         cams, logits = [], []
         for start in range(0, len(x), batch_size):
             chunk = slice(start, start + batch_size)
-            chunk_cams, chunk_logits = _explain_chunk(
+            chunk_cams, chunk_logits, reading = _explain_chunk(
                 model, x[chunk], layer, layer_name, _slice_targets(targets, chunk, len(x)),
-                cam_method, reshape_transform, output_transform)
+                cam_method, spec, reading, output_transform)
             with torch.autocast(x.device.type, enabled=False):
                 if size is not None:
                     chunk_cams = resize_maps(chunk_cams, size)
@@ -178,23 +216,27 @@ def explain_batch(
                     chunk_cams = min_max(chunk_cams)
             cams.append(chunk_cams.to(inputs.device))
             logits.append(chunk_logits)
-        return Explanation(torch.cat(cams), torch.cat(logits), layer_name)
+        assert reading is not None
+        return Explanation(torch.cat(cams), torch.cat(logits), layer_name, reading.describe())
 
 
 def _explain_chunk(model: nn.Module, x: Tensor, layer: nn.Module, layer_name: str,
-                   targets: TargetSpec, cam_method: CamMethod,
-                   reshape_transform: ReshapeTransform | None,
-                   output_transform: OutputTransform | None) -> tuple[Tensor, Tensor]:
-    """Raw maps (after ReLU, at the layer's resolution) and logits for one chunk."""
+                   targets: TargetSpec, cam_method: CamMethod, spec: str | ReshapeTransform,
+                   reading: Reading | None, output_transform: OutputTransform | None
+                   ) -> tuple[Tensor, Tensor, Reading]:
+    """Raw maps (after ReLU, at the layer's resolution), logits and the reading, for one
+    chunk; ``reading`` is decided on the first chunk and kept for the others."""
     with capture_layer_output(
         layer, layer_name, track_gradients=cam_method.needs_gradients
-    ) as captured, torch.no_grad():
+    ) as captured, torch.no_grad(), run_eagerly():
         output = model(x)
     if captured.activation is None:
         raise ValueError(
             f"target layer {layer_name!r} was not called during the forward pass of "
             f"{type(model).__name__}; choose a layer that the forward uses"
         )
+    if reading is None:
+        reading = _read(model, x, captured.activation, spec, layer, layer_name)
     logits = logits_from_output(output, output_transform)
     with torch.set_grad_enabled(cam_method.needs_gradients):
         scores = select_scores(targets, logits)
@@ -204,8 +246,23 @@ def _explain_chunk(model: nn.Module, x: Tensor, layer: nn.Module, layer_name: st
             else None
         )
     with torch.autocast(x.device.type, enabled=False):
-        cams = _maps(cam_method, captured.activation, grads, reshape_transform, layer_name)
-    return cams, logits.detach()
+        cams = _maps(cam_method, captured.activation, grads, reading, layer_name)
+    return cams, logits.detach(), reading
+
+
+def _read(model: nn.Module, x: Tensor, activation: Tensor, spec: str | ReshapeTransform,
+          layer: nn.Module, layer_name: str) -> Reading:
+    """How to read the layer's output; for token layouts that fit the input more than one
+    way, what one more forward shows about the model's layouts decides."""
+    size = (x.shape[-2], x.shape[-1])
+    options = {"layer_name": layer_name, "module": layer, "batch": len(x)}
+    try:
+        return read_layer_output(activation, size, spec, **options)
+    except AmbiguousReading:
+        if activation.dim() != 3:
+            raise
+    return read_layer_output(activation, size, spec, hints=probe_layout_hints(model, x),
+                             **options)
 
 
 def _slice_targets(targets: TargetSpec, chunk: slice, count: int) -> TargetSpec:
@@ -245,21 +302,17 @@ def _maps(
     cam_method: CamMethod,
     activation: Tensor,
     grads: Tensor | None,
-    reshape_transform: ReshapeTransform | None,
+    reading: Reading,
     layer_name: str,
 ) -> Tensor:
-    acts = activation.detach()
-    if reshape_transform is not None:
-        acts = reshape_transform(acts)
-        grads = reshape_transform(grads) if grads is not None else None
+    acts = reading(activation.detach())
+    grads = reading(grads) if grads is not None else None
     if acts.dim() != 4:
         raise ValueError(
-            f"layer {layer_name!r} outputs shape {tuple(activation.shape)}"
-            + ("" if reshape_transform is None
-               else f" ({tuple(acts.shape)} after reshape_transform)")
-            + "; CAM methods need a spatial map (N, C, h, w). For token outputs (a vision "
-            "transformer: (N, 1 + h*w, C)) pass reshape_transform=vit_reshape_transform(); "
-            "otherwise choose a convolutional layer."
+            f"layer {layer_name!r} outputs shape {tuple(activation.shape)} "
+            f"({tuple(acts.shape)} after reshape_transform); CAM methods need spatial maps "
+            "(N, C, h, w): make reshape_transform return them, or pass "
+            "reshape_transform='auto'"
         )
     acts = acts.float()
     grads = grads.float() if grads is not None else None

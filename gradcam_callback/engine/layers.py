@@ -1,55 +1,143 @@
-"""Resolve the layer whose activations a CAM explains.
+"""Resolve the layer whose activations a CAM explains, or choose one.
 
 A target layer is given as an ``nn.Module`` of the model, as its dotted name the way
 ``model.named_modules()`` spells it (``"layer4"``, ``"features.18"``, ``"blocks.11.norm1"``),
-or as ``None`` to pick one automatically: the last module, in the order modules finish
-their forward, whose output is a spatial map ``(N, C, h, w)`` with ``h * w > 1``.
+or as ``None`` to let :func:`choose_layer` pick one.
+
+Compiled models: ``torch.compile`` wraps a module in an ``OptimizedModule`` whose
+submodules are named ``_orig_mod.<name>``; ``"layer4"`` and ``"_orig_mod.layer4"`` name the
+same layer, and the name reported is the one without ``_orig_mod``. :func:`run_eagerly`
+runs compiled modules as plain PyTorch for the duration of a CAM, so hooks fire and the
+compiled graph is neither used nor recompiled.
+
+The automatic choice (one probe forward and one backward, on the first samples):
+
+1. Every module's output, in the order the modules *finish* their forward (a container
+   such as ``resnet.layer4`` comes after its own children and wins over them), from the
+   last backwards.
+2. A candidate outputs one entry per input that reads as maps with more than one position
+   (see :mod:`~gradcam_callback.engine.transforms`; grids must fit the input), and depends
+   on the input. Attention modules and everything inside them (q/k/v projections,
+   per-head tensors, attention probabilities) are never candidates; nor are modules that
+   pass their input through unchanged in eval mode (``Identity``, dropout, ``Permute``),
+   so the module that computed the values is named.
+3. The first candidate through whose grid positions the target score flows wins: a
+   vision transformer's last norm and last block are skipped when only the class token
+   reaches the head, which leaves the last block's pre-attention norm (timm
+   ``blocks.11.norm1``, torchvision ``encoder.layers.encoder_layer_11.ln_1``, Hugging
+   Face ``vit.encoder.layer.11.layernorm_before``). On CNNs this is the last block with a
+   spatial output (ResNet ``layer4``), as before; on Swin, the final norm.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from gradcam_callback.engine.targets import (
+    OutputTransform,
+    TargetSpec,
+    logits_from_output,
+    select_scores,
+)
+from gradcam_callback.engine.transforms import LayoutHints, Reading, read_layer_output
+
 LayerSpec = nn.Module | str | None
 
-__all__ = ["LayerSpec", "find_last_spatial_layer", "resolve_layer"]
+__all__ = [
+    "LayerSpec",
+    "canonical_name",
+    "choose_layer",
+    "find_last_spatial_layer",
+    "is_attention",
+    "probe_layout_hints",
+    "resolve_layer",
+    "run_eagerly",
+    "unwrap_compiled",
+]
+
+_COMPILED_PREFIX = "_orig_mod"
+_ATTENTION_NAMES = frozenset({"attn", "attention", "self_attn", "self_attention", "cross_attn"})
+_PASS_THROUGH_NAMES = frozenset({"Identity", "Permute", "DropPath", "StochasticDepth"})
+
+
+def canonical_name(name: str) -> str:
+    """``name`` without the ``_orig_mod`` parts that ``torch.compile`` wrappers add."""
+    return ".".join(part for part in name.split(".") if part != _COMPILED_PREFIX)
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, else ``model``."""
+    while isinstance(getattr(model, _COMPILED_PREFIX, None), nn.Module):
+        model = getattr(model, _COMPILED_PREFIX)
+    return model
+
+
+@contextmanager
+def run_eagerly() -> Iterator[None]:
+    """Run ``torch.compile``d modules and functions as plain PyTorch inside the block.
+
+    The compiler's stance is ``"force_eager"`` for the block and back to what it was
+    afterwards: nothing is compiled, no compiled graph runs, and the compile caches and
+    counters are untouched.
+    """
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+    context = set_stance("force_eager") if set_stance is not None else nullcontext()
+    with context:
+        yield
+
+
+def _named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Canonical name -> module; a compiled wrapper's name maps to the module it holds."""
+    modules: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        modules[canonical_name(name)] = unwrap_compiled(module)
+    return modules
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module]:
     """Return ``(dotted_name, module)`` for a layer given by module or name.
 
     Args:
-        model: the model that contains the layer.
-        layer: a submodule of ``model`` or its dotted name.
+        model: the model that contains the layer (compiled or not).
+        layer: a submodule of ``model`` or its dotted name; ``_orig_mod`` parts of the
+            name are optional.
+
+    Returns:
+        The name without ``_orig_mod`` parts, and the module (for a compiled submodule,
+        the module the wrapper holds).
 
     Raises:
         ValueError: the name is not a module of ``model`` (the message lists the three
             closest names), or the module object is not part of ``model``.
         TypeError: ``layer`` is neither a string nor an ``nn.Module``.
     """
+    model_name = type(unwrap_compiled(model)).__name__
     if isinstance(layer, str):
-        modules = dict(model.named_modules())
-        if layer in modules:
-            return layer, modules[layer]
+        modules = _named_modules(model)
+        name = canonical_name(layer)
+        if name in modules:
+            return name, modules[name]
         names = [name for name in modules if name]
-        closest = difflib.get_close_matches(layer, names, n=3, cutoff=0.0)
+        closest = difflib.get_close_matches(name, names, n=3, cutoff=0.0)
         suggestion = ", ".join(repr(n) for n in closest) or "(the model has no submodules)"
         raise ValueError(
-            f"target_layer {layer!r} is not a module of {type(model).__name__}. "
+            f"target_layer {layer!r} is not a module of {model_name}. "
             f"Closest names: {suggestion}. "
             "Valid names are those of model.named_modules()."
         )
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():
             if module is layer:
-                return name, module
+                return canonical_name(name), unwrap_compiled(module)
         raise ValueError(
             f"target_layer is a {type(layer).__name__} that is not a submodule of "
-            f"{type(model).__name__}; pass a module from model.modules() or its dotted name."
+            f"{model_name}; pass a module from model.modules() or its dotted name."
         )
     raise TypeError(
         f"target_layer must be an nn.Module, a dotted module name (str) or None, "
@@ -57,43 +145,175 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Mod
     )
 
 
-def find_last_spatial_layer(model: nn.Module, inputs: Tensor) -> str:
-    """Name of the last module whose output is a spatial map, found by one probe forward.
+def is_attention(name: str, module: nn.Module) -> bool:
+    """An attention module: its attribute or class name mentions attention (``attn``,
+    ``self_attention``, ``WindowAttention``, ``AttentionDownsample``), and it is neither a
+    normalisation (``attn_norm``) nor a whole block, layer or stage."""
+    attribute = name.rsplit(".", 1)[-1].lower()
+    cls = type(module).__name__.lower()
+    if "norm" in cls or isinstance(module, nn.LayerNorm) or any(
+        word in cls for word in ("block", "layer", "stage")
+    ):
+        return False
+    return any(word in text for word in ("attn", "attention") for text in (attribute, cls))
 
-    Modules are ordered by when their forward *finishes*, so a container such as
-    ``resnet.layer4`` comes after its own children and wins over them. The model itself
-    is never chosen. The probe runs under ``torch.no_grad()``; the caller is responsible
-    for eval mode and RNG state (``compute_cam`` does both).
 
-    Raises:
-        ValueError: no module produced an output of shape ``(N, C, h, w)`` with ``h*w > 1``.
-    """
-    finished: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
+def _passes_through(module: nn.Module) -> bool:
+    """Modules that hand their input on unchanged in eval mode (or only re-lay it out)."""
+    return isinstance(module, (nn.Identity, nn.modules.dropout._DropoutNd)) or (
+        type(module).__name__ in _PASS_THROUGH_NAMES
+    )
 
-    def make_hook(name: str) -> Callable[..., None]:
-        def record(_module: nn.Module, _args: object, output: object) -> None:
-            if isinstance(output, Tensor):
-                finished.append((name, tuple(output.shape)))
 
-        return record
+def probe_layout_hints(model: nn.Module, inputs: Tensor) -> LayoutHints:
+    """What one forward (no gradients) shows about the model's token layouts: the grids
+    of its convolutions (a patch embedding's) and its prefix count."""
+    outputs: list[tuple[nn.Module, object]] = []
 
+    def record(module: nn.Module, _args: object, output: object) -> None:
+        outputs.append((module, output))
+
+    handles = [m.register_forward_hook(record) for m in unwrap_compiled(model).modules()]
     try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.no_grad():
+        with torch.no_grad(), run_eagerly():
             model(inputs)
     finally:
         for handle in handles:
             handle.remove()
+    return LayoutHints.from_outputs(outputs, (inputs.shape[-2], inputs.shape[-1]))
 
-    for name, shape in reversed(finished):
-        if len(shape) == 4 and shape[2] * shape[3] > 1:
-            return name
-    seen = ", ".join(f"{n}: {tuple(s)}" for n, s in finished[-3:]) or "no tensor outputs"
-    raise ValueError(
-        "target_layer=None found no layer with a spatial (N, C, h, w) output "
-        f"(last outputs seen: {seen}). Pass target_layer explicitly; for a vision "
-        "transformer also pass reshape_transform=vit_reshape_transform()."
-    )
+
+def choose_layer(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: TargetSpec = None,
+    *,
+    output_transform: OutputTransform | None = None,
+) -> tuple[str, Reading]:
+    """Choose the layer to explain and how to read it (module docstring: the rules).
+
+    One probe forward with gradients recorded and one backward of the target scores. The
+    caller is responsible for eval mode and the RNG state (``compute_cam`` does both).
+
+    Args:
+        model: the model (compiled or not).
+        inputs: ``(N, C, H, W)`` on the model's device, in its dtype.
+        targets: the target spec of the CAM that follows (its scores decide which layers
+            the score flows through).
+        output_transform: as for :func:`~gradcam_callback.compute_cam`.
+
+    Returns:
+        The layer's dotted name and its :class:`~gradcam_callback.engine.transforms.Reading`.
+
+    Raises:
+        ValueError: no module's output reads as maps of the input.
+    """
+    model = unwrap_compiled(model)
+    finished: dict[str, tuple[int, nn.Module, Any, bool]] = {}
+    order = iter(range(1 << 62))
+    attention_depth = [0]  # > 0 while an attention module runs: its parts are internals
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, _args: object, output: object) -> None:
+            finished[name] = (next(order), module, output, attention_depth[0] > 0)
+
+        return record
+
+    def enter(*_: object) -> None:
+        attention_depth[0] += 1
+
+    def leave(*_: object) -> None:
+        attention_depth[0] -= 1
+
+    handles = []
+    for name, module in model.named_modules():
+        if not name or isinstance(getattr(module, _COMPILED_PREFIX, None), nn.Module):
+            continue
+        handles.append(module.register_forward_hook(make_hook(canonical_name(name))))
+        if is_attention(canonical_name(name), module):
+            handles.append(module.register_forward_pre_hook(enter))
+            handles.append(module.register_forward_hook(leave))
+    x = inputs.detach().clone().requires_grad_(inputs.dtype.is_floating_point)
+    try:
+        with torch.enable_grad(), run_eagerly():
+            output = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    size = (inputs.shape[-2], inputs.shape[-1])
+    in_order = sorted(finished.items(), key=lambda item: item[1][0])
+    hints = LayoutHints.from_outputs(((m, o) for _, (_, m, o, _) in in_order), size)
+    inputs_differ = len(inputs) > 1 and not bool((inputs == inputs[:1]).all())
+    candidates: list[tuple[str, Tensor, Reading]] = []
+    for name, (_, module, out, in_attention) in reversed(in_order):
+        if in_attention or _passes_through(module):
+            continue
+        if not _is_candidate_output(out, len(inputs), inputs_differ):
+            continue
+        try:
+            reading = read_layer_output(out, size, "auto", layer_name=name, module=module,
+                                        hints=hints, batch=len(inputs), strict=True)
+        except ValueError:
+            continue  # not maps of the input, or ambiguous: not chosen automatically
+        if reading.grid[0] * reading.grid[1] > 1:
+            candidates.append((name, out, reading))
+    if not candidates:
+        seen = ", ".join(
+            f"{n}: {tuple(o.shape)}" for n, (_, _, o, _) in in_order[-3:] if isinstance(o, Tensor)
+        ) or "no tensor outputs"
+        raise ValueError(
+            "target_layer=None found no layer whose output reads as maps of the input "
+            f"((N, C, h, w), (N, h, w, C) or tokens; last outputs seen: {seen}). Pass "
+            "target_layer explicitly, with reshape_transform=<callable output -> "
+            "(N, C, h, w)> if its layout is another one."
+        )
+    return _first_reached(candidates, output, targets, output_transform)
+
+
+def _is_candidate_output(output: object, batch: int, inputs_differ: bool) -> bool:
+    if not isinstance(output, Tensor) or output.dim() not in (3, 4):
+        return False
+    if not output.dtype.is_floating_point or output.shape[0] != batch:
+        return False
+    if output.dim() == 3 and output.shape[2] == 1:
+        return False  # one value per position: a pooled (N, C, 1), not tokens
+    if batch > 1 and output.stride(0) == 0:
+        return False  # expanded over the batch: the same for every input
+    if inputs_differ:
+        flat = output.detach().flatten(1)
+        if bool((flat == flat[:1]).all()):
+            return False  # does not depend on the input
+    return True
+
+
+def _first_reached(candidates: list[tuple[str, Tensor, Reading]], output: Any,
+                   targets: TargetSpec,
+                   output_transform: OutputTransform | None) -> tuple[str, Reading]:
+    """The first candidate with a non-zero gradient of the scores at its grid positions.
+
+    Gradients are taken for groups of candidates of doubling size, from the output back,
+    so the backward goes little further than the candidate that wins (a CNN's last block:
+    through the head only), not down to the input.
+    """
+    scores = select_scores(targets, logits_from_output(output, output_transform))
+    tracked = [(name, out, reading) for name, out, reading in candidates if out.requires_grad]
+    if not scores.requires_grad or not tracked:
+        return candidates[0][0], candidates[0][2]  # no gradients to tell: the last one
+    total = scores.float().sum()
+    start, size = 0, 1
+    while start < len(tracked):
+        group = tracked[start:start + size]
+        grads = torch.autograd.grad(total, [out for _, out, _ in group], allow_unused=True,
+                                    retain_graph=start + size < len(tracked))
+        for (name, _, reading), grad in zip(group, grads, strict=True):
+            if grad is not None and bool(reading(grad).detach().abs().amax() > 0):
+                return name, reading
+        start, size = start + size, size * 2
+    return candidates[0][0], candidates[0][2]
+
+
+def find_last_spatial_layer(model: nn.Module, inputs: Tensor, targets: TargetSpec = None, *,
+                            output_transform: OutputTransform | None = None) -> str:
+    """The name of the layer :func:`choose_layer` picks (kept for compatibility)."""
+    return choose_layer(model, inputs, targets, output_transform=output_transform)[0]

@@ -16,7 +16,7 @@ CAM methods read.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +32,10 @@ __all__ = ["OutputTransform", "TargetSpec", "logits_from_output", "select_scores
 def logits_from_output(output: Any, output_transform: OutputTransform | None) -> Tensor:
     """The model's output as a tensor, applying ``output_transform`` when given.
 
+    Without ``output_transform``, an output that carries a ``logits`` tensor (a Hugging
+    Face ``ModelOutput``, a dict with a ``"logits"`` key, a named tuple or object with a
+    ``logits`` field) gives that tensor.
+
     Raises:
         TypeError: the output (after the transform) is not a tensor; the message says
             what the model returned and how to pick the logits out of it.
@@ -45,6 +49,9 @@ def logits_from_output(output: Any, output_transform: OutputTransform | None) ->
         return output
     if isinstance(output, Tensor):
         return output
+    logits = _named_logits(output)
+    if logits is not None:
+        return logits
     if isinstance(output, dict):
         hint = f"e.g. output_transform=lambda out: out[{next(iter(output), 'key')!r}]"
     elif isinstance(output, (tuple, list)):
@@ -55,6 +62,15 @@ def logits_from_output(output: Any, output_transform: OutputTransform | None) ->
         f"the model returned a {type(output).__name__}, not a tensor of scores; "
         f"pass output_transform= to pick the logits out of it ({hint})"
     )
+
+
+def _named_logits(output: Any) -> Tensor | None:
+    """``output["logits"]`` or ``output.logits`` when it is a tensor, else ``None``."""
+    if isinstance(output, Mapping):
+        logits = output.get("logits")
+    else:
+        logits = getattr(output, "logits", None)
+    return logits if isinstance(logits, Tensor) else None
 
 
 def select_scores(targets: TargetSpec, logits: Tensor) -> Tensor:

@@ -20,14 +20,14 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from gradcam_callback import _checks
 from gradcam_callback.engine import explain_batch, get_method, resolve_layer
 from gradcam_callback.engine.scopes import preserved_rng_state
-from gradcam_callback.engine.transforms import vit_reshape_transform
+from gradcam_callback.engine.transforms import check_reading
 from gradcam_callback.lightning.history import History, evenly_spaced
 from gradcam_callback.lightning.samples import FixedSamples, SampleReader
 from gradcam_callback.lightning.sinks import FileSink, ImageSink, image_sinks
@@ -90,8 +90,9 @@ class GradCAMCallback(Callback):
 
     Args:
         target_layer: dotted name of the layer to explain, as ``model.named_modules()``
-            spells it (``"backbone.layer4"``); ``None`` picks the last layer with a spatial
-            output (printed in the tag).
+            spells it (``"backbone.layer4"``); ``None`` picks one (a CNN's last spatial
+            block, a ViT's last pre-attention norm, a Swin's last stage norm), logged once
+            with its reading and used in the tags.
         num_samples: how many validation samples to show (the first ones by index).
         every_n_epochs: log on every n-th epoch.
         method: ``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"hirescam"``,
@@ -116,9 +117,11 @@ class GradCAMCallback(Callback):
         show_heatmap: add a row with the bare heatmaps.
         max_image_size: downscale tiles whose longer side exceeds this (pixels);
             ``None`` keeps the input size. Small inputs are upscaled to stay legible.
-        reshape_transform: for non-spatial layers such as ViT blocks: a callable such as
-            ``gradcam_callback.vit_reshape_transform(num_prefix_tokens=1)``, or the string
-            ``"vit"`` for that one (convenient in YAML).
+        reshape_transform: how to read the layer's output as maps: ``"auto"`` (channels-
+            first, channels-last or ViT tokens with any number of class/register tokens,
+            recognised from the shape and the input size), ``"nchw"``, ``"nhwc"``,
+            ``"tokens"`` (alias ``"vit"``), ``"tokens:<n>"`` for ``n`` prefix tokens, or a
+            callable ``output -> (N, C, h, w)``.
         output_transform: picks the logits out of a model output that is not a tensor.
         mask_keys: keys of dict batches holding region masks ``(N, H, W)`` to measure CAM
             energy in; ``None`` takes every key ending in ``"_mask"``.
@@ -170,7 +173,7 @@ class GradCAMCallback(Callback):
         alpha: float = 0.5,
         show_heatmap: bool = False,
         max_image_size: int | None = 256,
-        reshape_transform: Callable[[Tensor], Tensor] | str | None = None,
+        reshape_transform: Callable[[Tensor], Tensor] | str | None = "auto",
         output_transform: Callable[[Any], Tensor] | None = None,
         mask_keys: Sequence[str] | None = None,
         mask_fn: Callable[[Any], dict[str, Tensor]] | None = None,
@@ -228,6 +231,7 @@ class GradCAMCallback(Callback):
         self._samples: dict[str, FixedSamples] = {}
         self._restored_indices: list[int] | None = None
         self._layer_name: str | None = target_layer
+        self._reading: str | None = None
         self._sinks: list[ImageSink] | None = None  # chosen at the first picture of a run
         self._dataset_class_names: list[str] | None = None
         self._warned: set[str] = set()
@@ -346,7 +350,11 @@ class GradCAMCallback(Callback):
         primary = "predicted" if self.target == "both" else self.target
         result = explain_batch(pl_module, inputs, self._layer_name,
                                self._targets(primary, labels), **common)
-        self._layer_name = result.layer_name
+        if self._reading is None:
+            chosen = "chosen automatically" if self.target_layer is None else "target_layer"
+            rank_zero_info(f"GradCAMCallback: explaining {result.layer_name!r} ({chosen}): "
+                           f"{result.reading}")
+        self._layer_name, self._reading = result.layer_name, result.reading
         if self.target != "both":
             suffix = " (label)" if self.target == "label" else ""
             return [(title + suffix, result.cams)], result.logits
@@ -509,13 +517,7 @@ def _names_of(dataset: object) -> list[str] | None:
     return None
 
 
-def _reshape_transform(value: object) -> Callable[[Tensor], Tensor] | None:
-    if value is None or (callable(value) and not isinstance(value, str)):
-        return value  # type: ignore[return-value]
-    if value == "vit":
-        return vit_reshape_transform(num_prefix_tokens=1)
-    raise ValueError(
-        f"reshape_transform={value!r}: pass a callable, 'vit' (tokens with one class token), "
-        "or None"
-    )
-
+def _reshape_transform(value: object) -> Callable[[Tensor], Tensor] | str:
+    """A named reading (``"auto"``, ``"nchw"``, ``"nhwc"``, ``"tokens"``, ``"tokens:<n>"``,
+    ``"vit"``; ``None`` is ``"auto"``), usable from YAML, or a callable."""
+    return check_reading(value)

@@ -1,10 +1,17 @@
-"""Load a trained model for the command line: a LightningModule checkpoint or a plain module."""
+"""Load a trained model for the command line: a LightningModule checkpoint or a plain module.
+
+A plain ``nn.Module`` without ``--weights`` keeps the weights its class or factory gives it
+(random, or built in), with a warning. A checkpoint or state_dict that does not fit says
+why on one line: the missing and unexpected keys and the shape mismatches, not just
+"Error(s) in loading state_dict".
+"""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,10 @@ def load_model(spec: str, model_args: list[str], checkpoint: Path | None,
                weights: Path | None) -> nn.Module:
     """The model named by ``spec`` (``module:Class``), built and loaded, in eval mode.
 
+    A LightningModule needs ``checkpoint``; a plain module takes ``weights`` (or
+    ``checkpoint``) as a state_dict, and without either keeps its initial weights (a
+    warning on stderr says so).
+
     Raises:
         UsageError: anything the user can fix (the message says what).
     """
@@ -37,7 +48,7 @@ def load_model(spec: str, model_args: list[str], checkpoint: Path | None,
             model = target.load_from_checkpoint(checkpoint, map_location="cpu", **kwargs)
         except (RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
             raise CliError(f"--checkpoint {checkpoint} does not fit {spec}: "
-                           f"{_first_line(error)}") from None
+                           f"{_one_line(error)}") from None
         return model.eval()
 
     if not callable(target):
@@ -50,8 +61,9 @@ def load_model(spec: str, model_args: list[str], checkpoint: Path | None,
         raise CliError(f"--model {spec} made a {type(model).__name__}, not an nn.Module")
     weights = weights or checkpoint
     if weights is None:
-        raise CliError(f"--model {spec} is a plain nn.Module: pass --weights (a "
-                       "state_dict file)")
+        print(f"gradcam-callback: warning: no --weights for {spec}: it runs with the weights "
+              "it was built with (random unless the factory loads its own)", file=sys.stderr)
+        return model.eval()
     if not weights.is_file():
         raise CliError(f"--weights: no such file: {weights}")
     try:
@@ -60,7 +72,7 @@ def load_model(spec: str, model_args: list[str], checkpoint: Path | None,
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError, EOFError, AttributeError) as error:
         raise CliError(f"--weights {weights} does not fit {spec}: "
-                       f"{_first_line(error)}") from None
+                       f"{_one_line(error)}") from None
     return model.eval()
 
 
@@ -95,5 +107,23 @@ def _model_kwargs(pairs: list[str]) -> dict[str, Any]:
     return kwargs
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+def _one_line(error: Exception, keys_shown: int = 5) -> str:
+    """The whole error message on one line, long key lists shortened.
+
+    ``load_state_dict`` puts its detail (missing keys, unexpected keys, size mismatches)
+    on the lines after "Error(s) in loading state_dict for X:"; all of it is kept.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return " ".join(_shorten_keys(line, keys_shown) for line in lines)
+
+
+def _shorten_keys(line: str, keys_shown: int) -> str:
+    keys = re.findall(r'"[^"]*"', line)
+    if len(keys) <= keys_shown:
+        return line
+    start = line.index(keys[0])
+    end = line.rindex(keys[-1]) + len(keys[-1])
+    listed = ", ".join(keys[:keys_shown]) + f", ... ({len(keys) - keys_shown} more)"
+    return line[:start] + listed + line[end:]
