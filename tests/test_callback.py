@@ -287,26 +287,38 @@ def test_a_csv_logger_gets_image_files_in_its_own_run_directory_without_a_warnin
                       ).mean() < 12  # the last grid, JPEG-encoded (noise images: ~6)
 
 
-def test_no_logger_and_no_image_dir_writes_nothing_and_warns_once(tmp_path, monkeypatch):
+def test_no_logger_writes_pictures_into_a_folder_of_its_own(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     callback = GradCAMCallback("features", num_samples=2, save_gif=True)
-    with pytest.warns(UserWarning, match="no logger can show pictures") as record:
-        fit(tmp_path, [callback], max_epochs=2, logger=False, enable_checkpointing=False)
-    assert sum("no logger can show pictures" in str(w.message) for w in record) == 1
-    assert sum("no GIFs written" in str(w.message) for w in record) == 1
+    fit(tmp_path / "run", [callback], max_epochs=2, logger=False, enable_checkpointing=False)
+    folder = tmp_path / "run" / "gradcam" / "version_0"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "features_filmstrip_step0000012.jpg", "features_overlay_step0000006.jpg",
+        "features_overlay_step0000012.jpg", "features_sample0.gif", "features_sample1.gif"]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(folder in p.parents for p in files), files  # nothing beside it, nothing in cwd
+
+
+def test_fast_dev_run_writes_no_pictures_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    callback = GradCAMCallback("features", num_samples=2, save_gif=True)
+    fit(tmp_path / "run", [callback], fast_dev_run=True)
     assert callback.last_grid is not None  # computed, just not saved
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    pictures = [p for p in tmp_path.rglob("*") if p.suffix in (".png", ".jpg", ".gif")]
+    assert pictures == []
 
 
 def test_image_dir_gets_every_picture_as_a_file_beside_tensorboard(tmp_path):
     callback = GradCAMCallback("features", num_samples=2, image_dir=str(tmp_path / "pictures"),
                                image_format="png", save_gif=True)
     trainer, _ = fit(tmp_path, [callback], max_epochs=2)
-    names = sorted(p.name for p in (tmp_path / "pictures").iterdir())
+    folder = tmp_path / "pictures" / "version_0"  # a folder per run: runs never overwrite
+    assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["version_0"]
+    names = sorted(p.name for p in folder.iterdir())
     assert names == ["features_filmstrip_step0000012.png", "features_overlay_step0000006.png",
                      "features_overlay_step0000012.png", "features_sample0.gif",
                      "features_sample1.gif"]
-    with Image.open(tmp_path / "pictures" / "features_overlay_step0000012.png") as png:
+    with Image.open(folder / "features_overlay_step0000012.png") as png:
         assert np.array_equal(np.asarray(png), callback.last_grid.permute(1, 2, 0).numpy())
     assert [e.step for e in logged_images(trainer, "gradcam/features/overlay")] == [6, 12]
     assert not (Path(trainer.log_dir) / "gradcam").exists()  # TensorBoard gets events only
