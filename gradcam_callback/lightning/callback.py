@@ -469,7 +469,6 @@ class GradCAMCallback(Callback):
             self.last_pages = self._grid_pages(samples, rows, captions, wrong)
             self.last_grid = self.last_pages[0]
             prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
-            self._log_pages(trainer, prefix + "overlay", self.last_pages)
             self._progress("measuring")
             primary = rows[0][1].cpu()
             metrics = self._measure(primary, samples.masks)
@@ -480,6 +479,9 @@ class GradCAMCallback(Callback):
             self._progress("logging scalars")
             for logger in trainer.loggers:
                 logger.log_metrics(self.last_metrics, step=trainer.global_step)
+            # pictures last: a sink that fails (a full disk) costs neither the scalars
+            # nor the drift history
+            self._log_pages(trainer, prefix + "overlay", self.last_pages)
 
     def _explain_samples(self, trainer: Trainer, pl_module: LightningModule,
                          samples: FixedSamples) -> tuple[list[tuple[str, Tensor]], Tensor]:
