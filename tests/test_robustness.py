@@ -618,6 +618,23 @@ def test_validate_after_fit_reads_the_new_data_not_fits(tmp_path):
                                                              for i in range(2)]))
 
 
+def test_a_fit_after_validate_checks_the_fits_data_not_the_earlier_validates(tmp_path):
+    callback = GradCAMCallback("features", num_samples=2)
+    trainer = Trainer(max_epochs=1, logger=False, callbacks=[callback],
+                      num_sanity_val_steps=0, enable_checkpointing=False, **QUIET)
+    other = StripeData()
+    other.val_set = StripeDataset(24, seed=55)
+    trainer.validate(LitTiny(), other)
+    seen = []
+    spy = Callback()
+    spy.on_train_batch_start = lambda trainer, module, batch, index: seen.append(
+        callback.samples.inputs.clone())
+    trainer.callbacks.append(spy)
+    data = StripeData()
+    trainer.fit(LitTiny(), data)
+    assert torch.equal(seen[0], torch.stack([data.val_set[i][0] for i in range(2)]))
+
+
 # ---------------------------------------------------------------------------------------
 # 5. Files only in the run's own place
 

@@ -255,16 +255,21 @@ def _label_problem(labels: object, count: int) -> str | None:
 def current_dataloaders(trainer: Any, stage: str) -> Any:
     """The dataloaders the running ``stage`` loop has loaded, or ``None`` before it has.
 
-    During ``trainer.validate()`` the validate loop's own (``trainer.val_dataloaders``
-    would still return those of an earlier ``fit``).
+    Each loop's own: ``trainer.val_dataloaders`` would return those of an earlier ``fit``
+    during ``trainer.validate()``, and those of an earlier ``validate()`` during a ``fit``
+    whose validation loop has not loaded its own yet.
     """
     if stage == "test":
-        return trainer.test_dataloaders
-    if getattr(trainer.state, "fn", None) == "validate":
-        combined = getattr(getattr(trainer, "validate_loop", None), "_combined_loader", None)
-        if combined is not None:
-            return combined.iterables
-    return trainer.val_dataloaders
+        loop = getattr(trainer, "test_loop", None)
+    elif getattr(trainer.state, "fn", None) == "validate":
+        loop = getattr(trainer, "validate_loop", None)
+    else:
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        loop = getattr(loop, "val_loop", None)
+    if loop is None or not hasattr(loop, "_combined_loader"):  # another Lightning layout
+        return trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
+    combined = loop._combined_loader
+    return combined.iterables if combined is not None else None
 
 
 def requested_dataloaders(trainer: Any) -> Any:
