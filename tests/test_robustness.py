@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -678,3 +679,50 @@ def test_the_check_before_training_draws_no_random_number(tmp_path):
         max_epochs=1, num_sanity_val_steps=0)
     fit(tmp_path / "b", [without], max_epochs=1, num_sanity_val_steps=0)
     assert torch.equal(with_callback.first, without.first)
+
+
+# ---------------------------------------------------------------------------------------
+# DDP: rank zero checks and explains alone; a fault there stops no rank, an error no hang
+
+DDP_SCRIPT = '''
+import sys, warnings
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from lightning.pytorch import Trainer, seed_everything
+from gradcam_callback import GradCAMCallback
+from tests.lit_helpers import LitTiny, StripeData
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore")
+    out, case = Path(sys.argv[1]), sys.argv[2]
+    seed_everything(0)
+    options = {{"target": 5}} if case == "error" else {{"image_dir": str(out / "blocker")}}
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
+                      default_root_dir=out, logger=False, enable_checkpointing=False,
+                      callbacks=[GradCAMCallback("features", num_samples=4, **options)],
+                      enable_progress_bar=False, enable_model_summary=False,
+                      num_sanity_val_steps=0)
+    trainer.fit(LitTiny(), StripeData())
+    (out / f"done_rank{{trainer.global_rank}}").write_text(str(trainer.global_step))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fault", "error"])
+def test_ddp_a_fault_on_rank_zero_stops_no_rank_and_an_error_does_not_hang(tmp_path, case):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_faults.py"
+    script.write_text(DDP_SCRIPT.format(root=str(Path(__file__).resolve().parents[1])))
+    (tmp_path / "blocker").write_text("a file where the image folder should be")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), case],
+                            capture_output=True, text=True, timeout=300, env=env, check=False)
+    if case == "fault":
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert [(tmp_path / f"done_rank{r}").read_text() for r in (0, 1)] == ["6", "6"]
+    else:
+        assert result.returncode != 0
+        assert "target class 5 is out of range" in result.stderr
+        assert not (tmp_path / "done_rank0").exists()
