@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -223,7 +223,7 @@ class GradCAMCallback(Callback):
         image_dir: str | None = None,
         batch_size: int = 32,
         samples_per_page: int = 16,
-        on_error: str = "warn",
+        on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
         super().__init__()
         if target_layer is not None and not isinstance(target_layer, str):
