@@ -3,7 +3,8 @@
 One wording everywhere: ``name=value: what is valid``, and a suggestion when a close valid
 value exists. A value of the wrong *type* raises ``TypeError``; a value of the right type
 outside what is valid raises ``ValueError``. Bools are never numbers here, numpy scalars
-are, and NaN or infinity is never a valid number.
+are, and NaN or infinity is never a valid number. Lists, tuples and 1-D numpy arrays or
+tensors are sequences; a string never is (``"abc"`` is not three names).
 
 Only the standard library is imported, so every layer of the package can use it.
 """
@@ -31,7 +32,7 @@ __all__ = [
 
 
 def _show(value: object) -> str:
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, also for numpy arrays
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -122,6 +123,8 @@ def check_callable(name: str, value: object, *,
 
 
 def _sequence(name: str, value: object, what: str) -> Sequence[Any]:
+    if getattr(value, "ndim", None) == 1 and hasattr(value, "tolist"):
+        return value.tolist()  # type: ignore[union-attr,no-any-return]  # numpy or torch, 1-D
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         hint = f" (did you mean [{value!r}]?)" if isinstance(value, str) else ""
         raise TypeError(

@@ -349,7 +349,7 @@ def test_two_layers_coexist_and_resume_from_a_weights_only_checkpoint(tmp_path):
     saved = torch.load(checkpoint_path, weights_only=True)
     assert saved["callbacks"][first[1].state_key]["sample_indices"] == [3, 1]
 
-    resumed = [GradCAMCallback("features.0"), GradCAMCallback("features", num_samples=2)]
+    resumed = [GradCAMCallback("features.0"), GradCAMCallback("features", sample_indices=[3, 1])]
     seed_everything(0)
     trainer = Trainer(max_epochs=2, logger=TensorBoardLogger(tmp_path, name="tb"),
                       callbacks=resumed, **QUIET)

@@ -115,6 +115,8 @@ def select_scores(targets: TargetSpec, logits: Tensor) -> Tensor:
                 f"target class {value} is out of range for a model with {num_classes} "
                 f"outputs (valid: 0..{num_classes - 1})"
             )
+    if classes.is_inference():  # made under torch.inference_mode: autograd cannot save it
+        classes = classes.clone()
     return logits.gather(1, classes.view(n, 1)).squeeze(1)
 
 

@@ -14,10 +14,13 @@ history from :mod:`.history`, and the pictures leave through :mod:`.sinks`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -28,14 +31,27 @@ from gradcam_callback import _checks
 from gradcam_callback.engine import explain_batch, get_method, resolve_layer
 from gradcam_callback.engine.scopes import preserved_rng_state
 from gradcam_callback.engine.transforms import check_reading
-from gradcam_callback.lightning.history import History, evenly_spaced
-from gradcam_callback.lightning.samples import FixedSamples, SampleReader
+from gradcam_callback.lightning.guard import (
+    MAX_CONSECUTIVE_FAILURES,
+    ON_ERROR,
+    Attempt,
+    NonFiniteOutputError,
+    RunGuard,
+)
+from gradcam_callback.lightning.history import STATE_VERSION, History, evenly_spaced
+from gradcam_callback.lightning.samples import (
+    FixedSamples,
+    SampleReader,
+    current_dataloaders,
+    requested_dataloaders,
+)
 from gradcam_callback.lightning.sinks import FileSink, ImageSink, image_sinks
 from gradcam_callback.metrics import attention_scalars
 from gradcam_callback.render import (
     IMAGE_FORMATS,
     colormap_lut,
     encode_gif,
+    encode_image,
     explanation_grid,
     filmstrip,
     filmstrip_frames,
@@ -44,6 +60,12 @@ from gradcam_callback.render import (
     run_header,
     sample_title,
     to_display,
+)
+from gradcam_callback.render.pages import (
+    check_picture_size,
+    page_slices,
+    page_tags,
+    samples_per_page,
 )
 
 __all__ = ["GradCAMCallback"]
@@ -88,6 +110,30 @@ class GradCAMCallback(Callback):
     computation only, no ``.grad`` is touched, and the global RNG states are restored, so
     a seeded, deterministic run trains bit-identically with and without the callback.
 
+    Fail fast, then never stop training: before the first training step (after the
+    sanity check) and at the start of ``validate``/``test``, rank zero runs the whole
+    pipeline once on the fixed samples (fetch, split, masks, targets, forward, CAM,
+    render, encode; nothing is logged, no random number drawn), so a wrong option or a
+    batch the callback cannot read fails in seconds with a message that names it. After
+    that, a failure of the callback's own work (a full disk, a file where the image
+    folder should be, the model's forward raising in the CAM pass, NaN outputs) is
+    reported once with its cause and a fix, that run is skipped, and the next run tries
+    again; after three failed runs in a row the callback switches itself off and says so.
+    Nothing raises out of ``on_fit_end``. ``on_error="raise"`` raises instead (for CI).
+
+    Any size: CAMs are computed in chunks of ``batch_size`` samples (memory is set by the
+    chunk, not by ``num_samples``), and pictures show at most ``samples_per_page``
+    samples (fewer if that many would pass JPEG's 65,500 px limit): one page keeps the
+    tag ``.../overlay``, several are logged as ``.../overlay/page_1``, ``page_2``, ...
+    (the filmstrip likewise, a row per sample).
+
+    Resume and reuse: the checkpointed state is versioned; the sample indices shown
+    before a resume are kept unless ``num_samples``, ``sample_indices`` or
+    ``dataloader_idx`` changed (then the new options win, with one warning naming old
+    and new, and the drift history restarts); maps of another size are resized into the
+    history. A new ``fit`` without a checkpoint starts a new history; reloaded
+    validation dataloaders (``reload_dataloaders_every_n_epochs``) are read again.
+
     Args:
         target_layer: dotted name of the layer to explain, as ``model.named_modules()``
             spells it (``"backbone.layer4"``); ``None`` picks one (a CNN's last spatial
@@ -123,8 +169,10 @@ class GradCAMCallback(Callback):
             ``"tokens"`` (alias ``"vit"``), ``"tokens:<n>"`` for ``n`` prefix tokens, or a
             callable ``output -> (N, C, h, w)``.
         output_transform: picks the logits out of a model output that is not a tensor.
-        mask_keys: keys of dict batches holding region masks ``(N, H, W)`` to measure CAM
-            energy in; ``None`` takes every key ending in ``"_mask"``.
+        mask_keys: keys of dict batches holding region masks ``(N, H, W)`` (or
+            ``(N, 1, H, W)``) to measure CAM energy in; ``None`` takes every key ending in
+            ``"_mask"`` that holds such a mask (others are skipped with one warning). A soft
+            mask counts a pixel as inside where its value is above 0.5, everywhere.
         mask_fn: a callable ``batch -> {name: (N, H, W) bool mask}``, for other formats.
         filmstrip_max: at most this many runs (columns) in the filmstrip, evenly spread.
         save_gif: also write an animated GIF of each sample's maps over the runs (into
@@ -139,12 +187,18 @@ class GradCAMCallback(Callback):
             (``i`` its dataset index), instead of one grid: its captions stay legible in
             TensorBoard's default card size (about 320 px), where a grid of many columns is
             shrunk until only "Show actual image size" makes its text readable.
+        batch_size: explain at most this many samples per forward pass.
+        samples_per_page: at most this many samples in one picture; more are split into
+            pages ``<tag>/page_<k>`` (``k`` from 1).
+        on_error: after the check before training, ``"warn"`` reports a failed run once
+            and goes on (switching off after 3 failed runs in a row); ``"raise"`` raises.
 
     Raises:
         TypeError: an argument of the wrong type (the message names it and says what is valid).
         ValueError: an argument out of its valid range; at setup, an unknown
             ``target_layer`` (with the closest names) or a sharded strategy (FSDP,
-            DeepSpeed), which this callback does not support.
+            DeepSpeed), which this callback does not support; before training (or
+            ``validate``/``test``), anything the check on the fixed samples finds.
 
     Example::
 
@@ -182,6 +236,9 @@ class GradCAMCallback(Callback):
         image_format: str = "jpeg",
         image_dir: str | None = None,
         per_sample_images: bool = False,
+        batch_size: int = 32,
+        samples_per_page: int = 16,
+        on_error: Literal["warn", "raise"] = "warn",
     ) -> None:
         super().__init__()
         if target_layer is not None and not isinstance(target_layer, str):
@@ -197,7 +254,7 @@ class GradCAMCallback(Callback):
         self.class_names = _checks.check_str_sequence("class_names", class_names)
         normalisation = _checks.check_mean_std(mean, std)
         self.mean, self.std = normalisation if normalisation else (None, None)
-        colormap_lut(colormap)  # raises for an unknown name, with the closest ones
+        colormap_lut(_checks.check_str("colormap", colormap))  # with the closest names
         self.colormap = colormap
         self.alpha = _checks.check_float("alpha", alpha, minimum=0.0, maximum=1.0)
         self.show_heatmap = _checks.check_bool("show_heatmap", show_heatmap)
@@ -212,6 +269,10 @@ class GradCAMCallback(Callback):
             raise TypeError(f"image_dir={image_dir!r}: must be a directory path (str) or None")
         self.image_dir = image_dir
         self.per_sample_images = _checks.check_bool("per_sample_images", per_sample_images)
+        self.batch_size = _checks.check_int("batch_size", batch_size, minimum=1)
+        self.samples_per_page = _checks.check_int("samples_per_page", samples_per_page,
+                                                  minimum=1)
+        self.on_error = _checks.check_choice("on_error", on_error, ON_ERROR)
         self._reader = SampleReader(
             num_samples=self.num_samples,
             sample_indices=_checks.check_int_sequence("sample_indices", sample_indices),
@@ -235,6 +296,12 @@ class GradCAMCallback(Callback):
         self._sinks: list[ImageSink] | None = None  # chosen at the first picture of a run
         self._dataset_class_names: list[str] | None = None
         self._warned: set[str] = set()
+        self.last_pages: list[Tensor] = []
+        self._guard = RunGuard(self.on_error, rank_zero_warn, MAX_CONSECUTIVE_FAILURES,
+                               self.batch_size)
+        self._attempt: Attempt | None = None
+        self._sources: dict[str, tuple[Any, Any, bool]] = {}
+        self._loaded_checkpoint = False
 
     @property
     @override
@@ -271,33 +338,133 @@ class GradCAMCallback(Callback):
             )
         if self.target_layer is not None:
             resolve_layer(pl_module, self.target_layer)
+        self._loaded_checkpoint = False  # a checkpoint, if any, is loaded after setup
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._restored_indices is None:
+        if not self._loaded_checkpoint:
             self._history.clear()  # a reused callback starts a new history
-        self._samples.clear()
-        self._sinks = None
+            self._restored_indices = None
+        self._start_run(trainer)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check_before(trainer, pl_module, "validate")
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._start_run(trainer)
+            self._check_before(trainer, pl_module, "validate")
+
+    @override
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start_run(trainer)
+        self._check_before(trainer, pl_module, "test")
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip_validation(trainer):
             return
-        self.log_cams(trainer, pl_module, stage="validate")
+        self._guarded(trainer, self._run_name(trainer, "validate"), self.log_cams, trainer,
+                      pl_module, stage="validate")
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.log_cams(trainer, pl_module, stage="test")
+        self._guarded(trainer, self._run_name(trainer, "test"), self.log_cams, trainer,
+                      pl_module, stage="test")
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.log_filmstrip(trainer)
+        self._guarded(trainer, "the filmstrip at the end of fit", self.log_filmstrip, trainer)
 
     def _should_skip_validation(self, trainer: Trainer) -> bool:
         if trainer.sanity_checking:
             return True
         fitting = trainer.state.fn == "fit"
         return fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0
+
+    @property
+    def failures(self) -> tuple[Any, ...]:
+        """The failed runs since the last ``fit``/``validate``/``test`` started, as reported
+        (:class:`~gradcam_callback.lightning.guard.Failure`: run, step, error, cause, fix)."""
+        return tuple(self._guard.failures)
+
+    @property
+    def switched_off(self) -> bool:
+        """Whether the callback switched itself off after failed runs in a row."""
+        return self._guard.switched_off
+
+    def _start_run(self, trainer: Trainer) -> None:
+        """A new fit, validate or test: new sinks and failure count. (Samples are read
+        again when the loop's dataloader is another one: see :meth:`_fixed_samples`.)"""
+        self._guard.reset()
+        self._sinks = None  # chosen at the run's first picture
+
+    def _check_before(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Fail fast: the whole pipeline once on the fixed samples, nothing logged.
+
+        Rank zero only, no collective; the RNG states are restored. Errors propagate,
+        with a note saying where they come from.
+        """
+        if not trainer.is_global_zero:
+            return
+        fitting = trainer.state.fn == "fit"
+        if fitting and not trainer.enable_validation:
+            self._warn_once("no_validation", "GradCAMCallback: this fit has no validation "
+                            "loop (no validation data, no validation_step or "
+                            "limit_val_batches=0), so there is nothing to explain.")
+            return
+        what = "training" if fitting else f"trainer.{stage}()"
+        with preserved_rng_state(pl_module.device), _noted(
+                f"raised by GradCAMCallback's check of its options on the fixed {stage} "
+                f"samples before {what}"):
+            loaders = current_dataloaders(trainer, stage)
+            provisional = loaders is None and fitting
+            if provisional:  # no sanity check has loaded them: ask where Lightning will
+                loaders = requested_dataloaders(trainer)
+            samples = self._fixed_samples(trainer, stage, loaders, provisional=provisional)
+            rows, logits = self._explain_samples(trainer, pl_module, samples)
+            captions, wrong = prediction_captions(logits.cpu(), samples.labels,
+                                                  self._class_names)
+            for page in self._grid_pages(samples, rows, captions, wrong, limit=1):
+                encode_image(page, self.image_format)
+            self._measure(rows[0][1].cpu(), samples.masks)
+            if fitting:
+                self._check_filmstrip(samples, rows[0][1])
+
+    def _check_filmstrip(self, samples: FixedSamples, cams: Tensor) -> None:
+        """The filmstrip's first page, at its widest (``filmstrip_max`` runs), encodes."""
+        maps = cams.detach().float().cpu()[None].expand(self.filmstrip_max, -1, -1, -1)
+        titles = [f"epoch {i}" for i in range(self.filmstrip_max)]
+        for page in self._filmstrip_pages(samples, maps, titles, limit=1):
+            check_picture_size(page.shape[1], page.shape[2], self.image_format,
+                               "the filmstrip", f"lower filmstrip_max (now "
+                               f"{self.filmstrip_max}) or max_image_size")
+            encode_image(page, self.image_format)
+
+    def _guarded(self, trainer: Trainer, run: str, work: Callable[..., Any], *args: Any,
+                 **kwargs: Any) -> None:
+        """Run ``work`` under the failure policy (rank zero; skipped once switched off)."""
+        if not trainer.is_global_zero or not self._guard.active:
+            return
+        with self._guard.attempt(run) as attempt:
+            self._attempt = attempt
+            try:
+                work(*args, **kwargs)
+            finally:
+                self._attempt = None
+
+    def _progress(self, step: str, where: str = "") -> None:
+        """Say what the guarded run is doing now (named in its report if it fails)."""
+        if self._attempt is not None:
+            self._attempt.step, self._attempt.where = step, where
+
+    @staticmethod
+    def _run_name(trainer: Trainer, stage: str) -> str:
+        if trainer.state.fn == "fit":
+            return f"the run at epoch {trainer.current_epoch} (step {trainer.global_step})"
+        return f"the {stage} run (step {trainer.global_step})"
 
     def log_cams(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Compute and log the grid and the scalars now (rank zero only; others return).
@@ -311,45 +478,108 @@ class GradCAMCallback(Callback):
         if not trainer.is_global_zero:
             return
         with preserved_rng_state(pl_module.device):
+            self._progress("reading the samples")
             samples = self._fixed_samples(trainer, stage)
-            inputs = trainer.precision_plugin.convert_input(samples.inputs.to(pl_module.device))
-            rows, logits = self._explain(pl_module, inputs, samples.labels)
+            self._progress("explaining")
+            rows, logits = self._explain_samples(trainer, pl_module, samples)
             captions, wrong = prediction_captions(logits.cpu(), samples.labels,
                                                   self._class_names)
             header = run_header(trainer.current_epoch, trainer.global_step,
                                 None if stage == "validate" else stage)
-            style = {"colormap": self.colormap, "alpha": self.alpha,
-                     "show_heatmap": self.show_heatmap, "header": header}
-            images = self._display_images(samples)
-            self.last_grid = explanation_grid(images, rows, captions, wrong, **style)
+            self._progress("rendering")
+            self.last_pages = self._grid_pages(samples, rows, captions, wrong, header=header)
+            self.last_grid = self.last_pages[0]
             prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
-            if not self.per_sample_images:
-                self._log_image(trainer, prefix + "overlay", self.last_grid, header)
-            for i, index in enumerate(samples.indices if self.per_sample_images else []):
-                picture = explanation_grid(images[i : i + 1],
-                                           [(title, maps[i : i + 1]) for title, maps in rows],
-                                           captions[i : i + 1], wrong[i : i + 1], **style)
-                self._log_image(trainer, prefix + f"overlay/sample_{index}", picture, header)
+            self._progress("measuring")
             primary = rows[0][1].cpu()
             metrics = self._measure(primary, samples.masks)
             if stage == "validate" and trainer.state.fn == "fit":
                 metrics.update(self._history.add(primary, trainer.current_epoch,
                                                  trainer.global_step))
             self.last_metrics = {prefix + name: value for name, value in metrics.items()}
+            self._progress("logging scalars")
             # epoch in the same call, as Lightning logs it: CSV rows then carry their epoch
             scalars = {**self.last_metrics, "epoch": trainer.current_epoch}
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
+            # pictures last: a sink that fails (a full disk) costs neither the scalars
+            # nor the drift history
+            if self.per_sample_images:
+                self._log_samples(trainer, prefix + "overlay", samples, rows, captions, wrong,
+                                  header)
+            else:
+                self._log_pages(trainer, prefix + "overlay", self.last_pages, header)
 
-    def _explain(self, pl_module: LightningModule, inputs: Tensor,
-                 labels: Tensor | None) -> tuple[list[tuple[str, Tensor]], Tensor]:
+    def _explain_samples(self, trainer: Trainer, pl_module: LightningModule,
+                         samples: FixedSamples) -> tuple[list[tuple[str, Tensor]], Tensor]:
+        """:meth:`_explain` on the fixed samples, on the model's device and precision.
+
+        Raises:
+            NonFiniteOutputError: the model's outputs for some samples are NaN or infinite.
+        """
+        inputs = trainer.precision_plugin.convert_input(samples.inputs.to(pl_module.device))
+        rows, logits = self._explain(pl_module, inputs, samples.labels, samples.label_note)
+        finite = torch.isfinite(logits.detach().float().flatten(1)).all(dim=1)
+        if not finite.all():
+            bad = [samples.indices[i] for i in (~finite).nonzero().flatten().tolist()]
+            raise NonFiniteOutputError(
+                f"the model's outputs for samples {bad[:8]}{'...' if len(bad) > 8 else ''} "
+                "are NaN or infinite"
+            )
+        return rows, logits
+
+    def _grid_pages(self, samples: FixedSamples, rows: list[tuple[str, Tensor]],
+                    captions: list[list[str]], wrong: list[bool],
+                    limit: int | None = None, header: str | None = None) -> list[Tensor]:
+        """The explanation grid, a page per ``samples_per_page`` columns (the first
+        ``limit`` pages only, if given). Display images are made once for all samples
+        (a joint display scale stays joint) and resized page by page."""
+        shown = self._display_images(samples)
+        pages = []
+        for page in self._pages(shown)[:limit]:
+            grid = explanation_grid(
+                resize_tiles(shown[page], self.max_image_size),
+                [(title, cams[page]) for title, cams in rows], captions[page], wrong[page],
+                colormap=self.colormap, alpha=self.alpha, show_heatmap=self.show_heatmap,
+                header=header)
+            check_picture_size(grid.shape[1], grid.shape[2], self.image_format, "the grid",
+                               f"lower max_image_size (now {self.max_image_size})")
+            pages.append(grid)
+        return pages
+
+    def _pages(self, shown: Tensor) -> list[slice]:
+        """Slices of the samples, one per page, each as wide as the format allows."""
+        tile_width = resize_tiles(shown[:1], self.max_image_size).shape[-1]
+        per_page = samples_per_page(self.samples_per_page, tile_width, self.image_format)
+        return page_slices(len(shown), per_page)
+
+    def _log_pages(self, trainer: Trainer, tag: str, pages: list[Tensor],
+                   caption: str = "") -> None:
+        """Log each page: ``tag`` for one, ``tag/page_<k>`` for several."""
+        for page_tag, page in zip(page_tags(tag, len(pages)), pages, strict=True):
+            self._log_image(trainer, page_tag, page, caption)
+
+    def _log_samples(self, trainer: Trainer, tag: str, samples: FixedSamples,
+                     rows: list[tuple[str, Tensor]], captions: list[list[str]],
+                     wrong: list[bool], header: str) -> None:
+        """One picture per sample, ``tag/sample_<dataset index>`` (``per_sample_images``)."""
+        shown = resize_tiles(self._display_images(samples), self.max_image_size)
+        for i, index in enumerate(samples.indices):
+            picture = explanation_grid(
+                shown[i : i + 1], [(title, cams[i : i + 1]) for title, cams in rows],
+                captions[i : i + 1], wrong[i : i + 1], colormap=self.colormap,
+                alpha=self.alpha, show_heatmap=self.show_heatmap, header=header)
+            self._log_image(trainer, f"{tag}/sample_{index}", picture, header)
+
+    def _explain(self, pl_module: LightningModule, inputs: Tensor, labels: Tensor | None,
+                 label_note: str | None = None) -> tuple[list[tuple[str, Tensor]], Tensor]:
         """The maps to show, each with its row title, and the logits of the forward pass."""
         common = {"method": self.method, "reshape_transform": self.reshape_transform,
-                  "output_transform": self.output_transform}
+                  "output_transform": self.output_transform, "batch_size": self.batch_size}
         title = get_method(self.method).title
         primary = "predicted" if self.target == "both" else self.target
         result = explain_batch(pl_module, inputs, self._layer_name,
-                               self._targets(primary, labels), **common)
+                               self._targets(primary, labels, label_note), **common)
         if self._reading is None:
             chosen = "chosen automatically" if self.target_layer is None else "target_layer"
             rank_zero_info(f"GradCAMCallback: explaining {result.layer_name!r} ({chosen}): "
@@ -359,14 +589,21 @@ class GradCAMCallback(Callback):
             suffix = " (label)" if self.target == "label" else ""
             return [(title + suffix, result.cams)], result.logits
         by_label = explain_batch(pl_module, inputs, self._layer_name,
-                                 self._targets("label", labels), **common)
+                                 self._targets("label", labels, label_note), **common)
         return [(f"{title} (predicted)", result.cams), (f"{title} (label)", by_label.cams)], \
             result.logits
 
-    def _targets(self, target: Any, labels: Tensor | None) -> Any:
+    def _targets(self, target: Any, labels: Tensor | None, label_note: str | None = None) -> Any:
         if target == "predicted":
             return None
         if target == "label":
+            if labels is None and label_note is not None:
+                raise ValueError(
+                    f"target={self.target!r} needs class-index labels (a 1-D integer tensor "
+                    f"(N,)), but {label_note}: convert them in the dataset (e.g. "
+                    "labels.argmax(1) for one-hot), or return (inputs, class indices) from "
+                    "batch_to_input"
+                )
             if labels is None:
                 raise ValueError(
                     f"target={self.target!r} needs class-index labels, but the batch has "
@@ -378,8 +615,8 @@ class GradCAMCallback(Callback):
         return target
 
     def _display_images(self, samples: FixedSamples) -> Tensor:
-        return resize_tiles(to_display(samples.inputs, self.mean, self.std),
-                            self.max_image_size)
+        """The samples as float RGB in ``[0, 1]`` at input size (pages resize their tiles)."""
+        return to_display(samples.inputs, self.mean, self.std)
 
     def _measure(self, cams: Tensor, masks: dict[str, Tensor]) -> dict[str, float]:
         for name, mask in masks.items():
@@ -399,41 +636,62 @@ class GradCAMCallback(Callback):
 
         One image ``gradcam/<layer>/filmstrip``: a row per fixed sample, a column per logged
         validation run (evenly subsampled to at most ``filmstrip_max``), the epoch above
-        each. With ``save_gif``, also an animated GIF per sample. Rank zero only.
+        each; more than ``samples_per_page`` samples are split into pages
+        ``.../filmstrip/page_<k>``. With ``save_gif``, also an animated GIF per sample.
+        Rank zero only.
 
         Returns:
-            The filmstrip as uint8 ``(3, H, W)``, or ``None`` on other ranks or before any run.
+            The filmstrip (its first page) as uint8 ``(3, H, W)``, or ``None`` on other
+            ranks or before any run.
         """
         if not trainer.is_global_zero or not len(self._history):
             return None
+        self._progress("reading the samples")
         samples = self._fixed_samples(trainer, "validate")
+        self._progress("rendering")
+        self._history.fit_to(len(samples.indices), tuple(samples.inputs.shape[-2:]))
+        if not len(self._history):
+            return None
         runs = evenly_spaced(len(self._history), self.filmstrip_max)
         maps = self._history.maps[runs]  # type: ignore[index]
         titles = [f"epoch {self._history.epochs[r]}" for r in runs]
-        images = self._display_images(samples)
-        rows = [sample_title(index, None if samples.labels is None else int(samples.labels[i]),
-                             self._class_names) for i, index in enumerate(samples.indices)]
-        style = {"colormap": self.colormap, "alpha": self.alpha}
         header = (f"filmstrip · epochs {self._history.epochs[0]}-{self._history.epochs[-1]}"
                   f" · step {trainer.global_step}")
-        strip = filmstrip(images, maps, titles, rows, header=header, **style)
-        self.last_filmstrip = strip
-        self._log_image(trainer, f"gradcam/{self._layer_name}/filmstrip", strip, header)
+        pages = self._filmstrip_pages(samples, maps, titles, header=header)
+        self.last_filmstrip = pages[0]
+        self._log_pages(trainer, f"gradcam/{self._layer_name}/filmstrip", pages, header)
         if self.save_gif:
-            self._save_gifs(trainer, samples, filmstrip_frames(images, maps, titles, **style))
-        return strip
+            self._save_gifs(trainer, samples, maps, titles)
+        return pages[0]
 
-    def _save_gifs(self, trainer: Trainer, samples: FixedSamples,
-                   frames: list[list[Tensor]]) -> None:
+    def _filmstrip_pages(self, samples: FixedSamples, maps: Tensor, titles: list[str],
+                         limit: int | None = None, header: str | None = None) -> list[Tensor]:
+        """The filmstrip, a page per ``samples_per_page`` rows (the first ``limit`` only)."""
+        shown = self._display_images(samples)
+        rows = [sample_title(index, None if samples.labels is None else int(samples.labels[i]),
+                             self._class_names) for i, index in enumerate(samples.indices)]
+        return [filmstrip(resize_tiles(shown[page], self.max_image_size), maps[:, page],
+                          titles, rows[page], colormap=self.colormap, alpha=self.alpha,
+                          header=header)
+                for page in self._pages(shown)[:limit]]
+
+    def _save_gifs(self, trainer: Trainer, samples: FixedSamples, maps: Tensor,
+                   titles: list[str]) -> None:
         directory = self._file_directory(trainer)
         if directory is None:
             self._warn_once("gif_nowhere", "GradCAMCallback(save_gif=True): no image_dir and "
                             "no logger with a directory; no GIFs written.")
             return
+        self._progress("writing", str(directory))
         directory.mkdir(parents=True, exist_ok=True)
-        for index, sample_frames in zip(samples.indices, frames, strict=True):
-            path = directory / f"{self._layer_name}_sample{index}.gif"
-            path.write_bytes(encode_gif(sample_frames))
+        shown = self._display_images(samples)
+        for page in self._pages(shown):  # a page at a time: frames of all samples are big
+            frames = filmstrip_frames(resize_tiles(shown[page], self.max_image_size),
+                                      maps[:, page], titles, colormap=self.colormap,
+                                      alpha=self.alpha)
+            for index, sample_frames in zip(samples.indices[page], frames, strict=True):
+                path = directory / f"{self._layer_name}_sample{index}.gif"
+                path.write_bytes(encode_gif(sample_frames))
 
     def _file_directory(self, trainer: Trainer) -> Path | None:
         files = [sink.directory for sink in self._sinks or [] if isinstance(sink, FileSink)]
@@ -447,15 +705,33 @@ class GradCAMCallback(Callback):
                 return Path(directory) / "gradcam"
         return None
 
-    def _fixed_samples(self, trainer: Trainer, stage: str) -> FixedSamples:
-        if stage not in self._samples:
-            loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
-            loader = self._reader.dataloader(loaders, stage)
-            wanted = self._reader.wanted_indices()
-            if stage == "validate" and self._restored_indices is not None:
-                wanted = self._restored_indices
-            self._samples[stage] = self._reader.read(loader, wanted, stage, self._warn_once)
-            self._dataset_class_names = _names_of(getattr(loader, "dataset", None))
+    def _fixed_samples(self, trainer: Trainer, stage: str, loaders: Any = None, *,
+                       provisional: bool = False) -> FixedSamples:
+        """The ``stage``'s fixed samples, read once and again only when its loader changes.
+
+        ``loaders`` default to those the running loop has loaded. Samples read from
+        loaders requested before the loop loaded its own (``provisional``) are kept when
+        the loop's loader reads the same dataset; any other new loader (reloaded
+        dataloaders, another datamodule) is read again.
+        """
+        if loaders is None:
+            loaders = current_dataloaders(trainer, stage)
+        cached = self._samples.get(stage)
+        if loaders is None and cached is not None:
+            return cached
+        loader = self._reader.dataloader(loaders, stage)
+        dataset = getattr(loader, "dataset", None)
+        if cached is not None and stage in self._sources:
+            old_loader, old_dataset, was_provisional = self._sources[stage]
+            if old_loader is loader or (was_provisional and old_dataset is dataset):
+                self._sources[stage] = (loader, dataset, provisional)
+                return cached
+        wanted = self._reader.wanted_indices()
+        if stage == "validate" and self._restored_indices is not None:
+            wanted = self._restored_indices
+        self._samples[stage] = self._reader.read(loader, wanted, stage, self._warn_once)
+        self._sources[stage] = (loader, dataset, provisional)
+        self._dataset_class_names = _names_of(dataset)
         return self._samples[stage]
 
     @property
@@ -472,6 +748,7 @@ class GradCAMCallback(Callback):
                                 "image_dir is set; pictures are not saved. Pass image_dir= to "
                                 "write them as files.")
         for sink in self._sinks:
+            self._progress("writing", sink.describe())
             sink.log_image(tag, picture, trainer.global_step, caption)
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -479,19 +756,66 @@ class GradCAMCallback(Callback):
             self._warned.add(key)
             rank_zero_warn(message)
 
+    def _sample_options(self) -> dict[str, Any]:
+        """The options that choose the fixed samples, as checkpointed."""
+        reader = self._reader
+        return {"num_samples": reader.num_samples, "dataloader_idx": reader.dataloader_idx,
+                "sample_indices": (None if reader.sample_indices is None
+                                   else list(reader.sample_indices))}
+
     @override
     def state_dict(self) -> dict[str, Any]:
         samples = self._samples.get("validate")
         indices = samples.indices if samples is not None else self._restored_indices
         return {"layer_name": self._layer_name, "sample_indices": indices,
-                **self._history.state_dict()}
+                "sample_options": self._sample_options(), **self._history.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._layer_name = state_dict.get("layer_name", self._layer_name)
-        self._restored_indices = state_dict.get("sample_indices")
-        self._history.load_state_dict(state_dict)
+        """Restore the layer, the samples shown and the drift history from a checkpoint.
+
+        The checkpoint's samples are kept unless the sample options changed since: then the
+        new options win (one warning names old and new) and the history restarts. A
+        history that cannot be restored is dropped with a warning, never an error.
+        """
+        self._loaded_checkpoint = True
         self._samples.clear()
+        self._sources.clear()
+        version = state_dict.get("version", 1)
+        if isinstance(version, int) and version > STATE_VERSION:
+            self._warn_once("state_version", f"GradCAMCallback: the checkpoint's state has "
+                            f"version {version}, newer than this version's {STATE_VERSION}; "
+                            "restoring what this version understands.")
+        self._layer_name = state_dict.get("layer_name", self._layer_name)
+        try:
+            self._history.load_state_dict(state_dict)
+        except ValueError as error:
+            self._warn_once("bad_history", f"GradCAMCallback: {error}; starting a new drift "
+                            "history.")
+        indices = state_dict.get("sample_indices")
+        saved = state_dict.get("sample_options")
+        self._restored_indices = list(indices) if indices is not None else None
+        if saved is not None and saved != self._sample_options():
+            changed = ", ".join(f"{key}={saved.get(key)!r} -> {value!r}"
+                                for key, value in self._sample_options().items()
+                                if saved.get(key) != value)
+            self._warn_once("options_changed", f"GradCAMCallback: the sample options changed "
+                            f"since the checkpoint ({changed}); the new ones win: showing "
+                            f"other samples than before the resume (then: indices {indices}) "
+                            "and starting a new drift history.")
+            self._restored_indices = None
+            self._history.clear()
+
+
+@contextmanager
+def _noted(note: str) -> Iterator[None]:
+    """Add ``note`` to an exception passing through (Python 3.11+ shows it below it)."""
+    try:
+        yield
+    except Exception as error:
+        if hasattr(error, "add_note"):
+            error.add_note(note)
+        raise
 
 
 def _check_target(target: object) -> str | int | Callable[[Tensor], Tensor]:
@@ -499,7 +823,8 @@ def _check_target(target: object) -> str | int | Callable[[Tensor], Tensor]:
         return target  # type: ignore[return-value]
     if isinstance(target, str):
         return _checks.check_choice("target", target, _TARGET_WORDS)
-    if _checks.is_number(target) and float(target) == int(target) and int(target) >= 0:  # type: ignore[arg-type]
+    if (_checks.is_number(target) and math.isfinite(target)  # type: ignore[arg-type]
+            and float(target) == int(target) and int(target) >= 0):  # type: ignore[arg-type]
         return int(target)  # type: ignore[arg-type]
     kind = TypeError if not _checks.is_number(target) else ValueError
     raise kind(

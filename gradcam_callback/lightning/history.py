@@ -2,6 +2,11 @@
 
 Maps are kept small (longer side at most :data:`HISTORY_SIZE`, float16, on the CPU): 64
 runs of 8 samples cost about 4 MB.
+
+The checkpointed state is versioned (:data:`STATE_VERSION`); states of the 0.1 callback
+(keys ``history_*``) load too. Maps of another size than the current ones (the
+validation images were resized between runs or across a resume) are resized into the
+history; another number of samples starts a new history.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from gradcam_callback.ops import resize_maps, shrink_maps
 __all__ = ["HISTORY_SIZE", "History", "evenly_spaced"]
 
 HISTORY_SIZE = 64
-STATE_VERSION = 2
+STATE_VERSION = 3
+"""3: the callback's state adds the sample options; 2: ``epochs``/``steps``/``maps``;
+1 (0.1): ``history_epochs``/``history_steps``/``history_maps``."""
 
 
 @dataclass
@@ -48,9 +55,7 @@ class History:
         ``drift_from_start`` (vs the first), means over the samples, from the second run on.
         """
         small = shrink_maps(cams.detach().float().cpu(), HISTORY_SIZE)
-        if self.runs and self.runs[0].shape != small.shape:
-            # the samples changed (another count or size): this run starts a new history
-            self.clear()
+        self.fit_to(small.shape[0], tuple(cams.shape[-2:]))
         drift = {}
         if self.runs:
             current = small.half().float()
@@ -76,11 +81,28 @@ class History:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict` (or the 0.1 callback's keys)."""
+        """Restore from :meth:`state_dict` (or the 0.1 callback's keys).
+
+        Raises:
+            ValueError: the state is not a history (its maps are not ``(R, N, h, w)`` or
+                do not match its epochs and steps); the history is left empty.
+        """
+        self.clear()
         maps = state.get("maps", state.get("history_maps"))
-        self.epochs = list(state.get("epochs", state.get("history_epochs", [])))
-        self.steps = list(state.get("steps", state.get("history_steps", [])))
-        self.runs = list(maps.unbind(0)) if maps is not None else []
+        epochs = list(state.get("epochs", state.get("history_epochs", [])))
+        steps = list(state.get("steps", state.get("history_steps", [])))
+        if maps is None and not epochs:
+            return
+        if not isinstance(maps, Tensor) or maps.dim() != 4 or not (
+                len(maps) == len(epochs) == len(steps)):
+            shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+            raise ValueError(
+                f"the checkpoint's history is inconsistent: maps {shape} for "
+                f"{len(epochs)} epochs and {len(steps)} steps; expected (runs, N, h, w)"
+            )
+        self.epochs = [int(e) for e in epochs]
+        self.steps = [int(s) for s in steps]
+        self.runs = [run.half() for run in maps.detach().cpu().unbind(0)]
 
     def fit_to(self, count: int, size: tuple[int, int]) -> bool:
         """Make the kept maps comparable with new maps of ``count`` samples at ``size``.
@@ -91,7 +113,7 @@ class History:
         """
         if not self.runs:
             return True
-        if self.runs[0].shape[0] != count:
+        if self.runs[0].shape[0] != count:  # other samples: their maps cannot be compared
             self.clear()
             return False
         target = tuple(shrink_maps(torch.zeros(1, *size), HISTORY_SIZE).shape[-2:])

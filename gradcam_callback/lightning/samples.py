@@ -3,6 +3,9 @@
 Samples are fetched *by dataset index* through the loader's own ``collate_fn``: no
 iterator is created and no random number is drawn, so the same images come back on every
 epoch and every rank, whatever the loader's shuffling or sampler.
+
+Region masks are binarised at :data:`MASK_THRESHOLD` (0.5): a soft mask counts a pixel as
+inside where its value is above one half, here and in :mod:`gradcam_callback.metrics`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-__all__ = ["FixedSamples", "SampleReader"]
+__all__ = [
+    "MASK_THRESHOLD",
+    "FixedSamples",
+    "SampleReader",
+    "current_dataloaders",
+    "requested_dataloaders",
+]
 
 MASK_THRESHOLD = 0.5
 """A soft mask counts a pixel as inside where its value is above this (metrics do the same)."""
@@ -31,12 +40,15 @@ class FixedSamples:
         inputs: the model inputs ``(N, C, H, W)`` as the loader's collate made them.
         labels: class indices ``(N,)``, or ``None`` when the batch has none.
         masks: named bool region masks ``(N, H, W)``.
+        label_note: why the batch's labels are not used as class indices (their dtype
+            and shape), or ``None`` when they are or when there are none.
     """
 
     indices: list[int]
     inputs: Tensor
     labels: Tensor | None
     masks: dict[str, Tensor] = field(default_factory=dict)
+    label_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class SampleReader:
         """The ``dataloader_idx``-th of a trainer's ``val_dataloaders``/``test_dataloaders``."""
         if loaders is None:
             raise ValueError(f"GradCAMCallback needs a {stage} dataloader, and there is none")
+        loaders = getattr(loaders, "iterables", loaders)  # a CombinedLoader
         if isinstance(loaders, dict):
             loaders = list(loaders.values())
         if not isinstance(loaders, (list, tuple)):
@@ -82,10 +95,22 @@ class SampleReader:
             ValueError: an index beyond the dataset, an empty dataset, or a batch the
                 options cannot read (the message names the option to set).
         """
-        collated, found = self._collate(loader, list(indices), stage, warn)
-        inputs, labels = self.split(collated)
-        masks = self.masks(collated, inputs, warn)
-        return FixedSamples(found, inputs.detach().cpu(), labels, masks)
+        if not hasattr(loader, "dataset"):
+            raise ValueError(
+                f"dataloader_idx={self.dataloader_idx}: the {stage} dataloader is a "
+                f"{type(loader).__name__} without a dataset; GradCAMCallback reads samples by "
+                "index from a torch DataLoader's dataset"
+            )
+        # a validate or test loop runs in inference mode; tensors made there cannot take
+        # part in autograd later (the CAM pass), so the samples are made outside it
+        with torch.inference_mode(False):
+            collated, found = self._collate(loader, list(indices), stage, warn)
+            inputs, labels, note = self._split(collated)
+            masks = self.masks(collated, inputs, warn)
+            inputs = inputs.detach().cpu()
+            if inputs.is_inference():
+                inputs = inputs.clone()
+        return FixedSamples(found, inputs, labels, masks, note)
 
     def _collate(self, loader: DataLoader, wanted: list[int], stage: str,
                  warn: Callable[[str, str], None]) -> tuple[Any, list[int]]:
@@ -111,14 +136,26 @@ class SampleReader:
                  f"GradCAMCallback asked for {len(wanted)} samples, the {stage} dataset has "
                  f"{len(indices)}: showing {len(indices)}.")
         collate = loader.collate_fn or default_collate
-        with torch.inference_mode(False):  # a test or validate loop may be in inference mode
-            return collate([items[i] for i in indices]), indices
+        return collate([items[i] for i in indices]), indices
 
     def split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         """``(inputs, labels)`` of a collated batch; labels are ``None`` unless class indices."""
+        inputs, labels, _ = self._split(batch)
+        return inputs, labels
+
+    def _split(self, batch: Any) -> tuple[Tensor, Tensor | None, str | None]:
+        """``(inputs, labels, note)``; ``note`` says why labels found are not class indices."""
         if self.batch_to_input is not None:
             out = self.batch_to_input(batch)
-            inputs, labels = out if isinstance(out, (tuple, list)) else (out, None)
+            if isinstance(out, (tuple, list)) and len(out) in (1, 2):
+                inputs, labels = out[0], (out[1] if len(out) == 2 else None)
+            elif isinstance(out, (tuple, list)):
+                raise ValueError(
+                    f"batch_to_input must return inputs or (inputs, labels), got a "
+                    f"{type(out).__name__} of {len(out)} items"
+                )
+            else:
+                inputs, labels = out, None
         elif isinstance(batch, dict):
             if self.input_key not in batch:
                 raise ValueError(
@@ -133,14 +170,23 @@ class SampleReader:
             inputs, labels = batch, None
         if not isinstance(inputs, Tensor) or inputs.dim() != 4:
             shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            source = ("batch_to_input returned" if self.batch_to_input is not None
+                      else "the batch holds")
             raise ValueError(
-                f"GradCAMCallback: expected image inputs (N, C, H, W) from the batch, got "
-                f"{shape}; pass batch_to_input= for other batch formats"
+                f"GradCAMCallback: expected image inputs (N, C, H, W), but {source} "
+                f"{shape}; pass batch_to_input= (a callable batch -> inputs or "
+                "(inputs, labels)) for other batch formats"
             )
-        if not (isinstance(labels, Tensor) and labels.dim() == 1
-                and not labels.dtype.is_floating_point and labels.dtype != torch.bool):
+        if not inputs.dtype.is_floating_point:
+            raise ValueError(
+                f"GradCAMCallback: the inputs are {inputs.dtype}, not floating point; "
+                "convert and normalise them in the dataset (or in batch_to_input) as the "
+                "model expects"
+            )
+        note = _label_problem(labels, len(inputs))
+        if note is not None:
             labels = None  # one-hot, multi-label, masks...: not class indices, so not shown
-        return inputs, (labels.detach().cpu().clone() if labels is not None else None)
+        return inputs, (labels.detach().cpu().clone() if labels is not None else None), note
 
     def masks(self, batch: Any, inputs: Tensor,
               warn: Callable[[str, str], None]) -> dict[str, Tensor]:
@@ -186,3 +232,56 @@ class SampleReader:
                 continue
             masks[str(name)] = mask.detach().cpu().float() > MASK_THRESHOLD
         return masks
+
+
+def _label_problem(labels: object, count: int) -> str | None:
+    """Why ``labels`` are not ``count`` class indices, or ``None`` if they are (or absent)."""
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor):
+        return f"the labels are a {type(labels).__name__}, not a tensor"
+    shape = tuple(labels.shape)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        kind = " (one-hot or soft labels?)" if labels.dim() == 2 else ""
+        return f"the labels are {labels.dtype} of shape {shape}{kind}, not integers"
+    if labels.dim() != 1:
+        kind = " (one-hot?)" if labels.dim() == 2 else ""
+        return f"the labels have shape {shape}{kind}, not ({count},)"
+    if len(labels) != count:
+        return f"the labels have shape {shape}, not ({count},) like the inputs"
+    return None
+
+
+def current_dataloaders(trainer: Any, stage: str) -> Any:
+    """The dataloaders the running ``stage`` loop has loaded, or ``None`` before it has.
+
+    Each loop's own: ``trainer.val_dataloaders`` would return those of an earlier ``fit``
+    during ``trainer.validate()``, and those of an earlier ``validate()`` during a ``fit``
+    whose validation loop has not loaded its own yet.
+    """
+    if stage == "test":
+        loop = getattr(trainer, "test_loop", None)
+    elif getattr(trainer.state, "fn", None) == "validate":
+        loop = getattr(trainer, "validate_loop", None)
+    else:
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        loop = getattr(loop, "val_loop", None)
+    if loop is None or not hasattr(loop, "_combined_loader"):  # another Lightning layout
+        return trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
+    combined = loop._combined_loader
+    return combined.iterables if combined is not None else None
+
+
+def requested_dataloaders(trainer: Any) -> Any:
+    """Ask fit's validation data source for its dataloaders now, before the loop does.
+
+    For the check before training when no sanity check has loaded them. A datamodule's
+    or the model's ``val_dataloader()`` is called (once more than Lightning would); loaders
+    passed to ``fit`` directly are returned as they are. Returns ``None`` when fit has no
+    validation data. Callers preserve the RNG states around this call.
+    """
+    loop = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None)
+    source = getattr(loop, "_data_source", None)  # where Lightning itself will ask
+    if source is None or not source.is_defined():
+        return None
+    return source.dataloader()
