@@ -644,14 +644,18 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
-def test_loggers_off_write_no_files_unless_an_image_dir_is_given(tmp_path, monkeypatch):
+def test_pictures_go_only_to_the_runs_own_place(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.warns(UserWarning, match="no logger can show pictures"):
+    with pytest.warns(UserWarning, match="no logger takes pictures"):
         fit(tmp_path / "dev", [GradCAMCallback("features")],
             logger=TensorBoardLogger(tmp_path / "dev", name="tb"), fast_dev_run=True)
+    assert files_under(tmp_path) == []  # fast_dev_run: loggers off, nothing written
     fit(tmp_path / "off", [GradCAMCallback("features")], logger=False,
-        enable_checkpointing=False)
-    assert files_under(tmp_path) == []
+        enable_checkpointing=False, max_epochs=1)
+    written = files_under(tmp_path)  # logger=False: the run's own folder under its root
+    assert written and all(name.startswith("off/gradcam/version_0/") for name in written)
+    for name in written:
+        (tmp_path / name).unlink()
     asked = tmp_path / "asked"
     fit(tmp_path / "off2", [GradCAMCallback("features", image_dir=str(asked))], logger=False,
         enable_checkpointing=False, max_epochs=1)

@@ -142,11 +142,28 @@ class LogImageSink(ImageSink):
 
 
 class FileSink(ImageSink):
-    """Image files ``<tag without gradcam/>_step<step>.<ext>`` in ``directory``."""
+    """Image files ``<tag without gradcam/>_step<step>.<ext>`` in ``directory``.
 
-    def __init__(self, directory: str | Path, image_format: str = "jpeg") -> None:
-        self.directory = Path(directory)
+    With ``run_folder=True`` the files go to a new ``<directory>/version_<n>``, claimed at
+    the first write (so a folder that cannot be made fails that write, not the choice of
+    sinks, and costs no other sink its pictures).
+    """
+
+    def __init__(self, directory: str | Path, image_format: str = "jpeg", *,
+                 run_folder: bool = False) -> None:
+        self._root = Path(directory)
+        self._run_folder = run_folder
+        self._claimed: Path | None = None
         self.image_format = image_format
+
+    @property
+    def directory(self) -> Path:
+        """Where the files go (for a run folder: claimed on first use)."""
+        if not self._run_folder:
+            return self._root
+        if self._claimed is None:
+            self._claimed = claim_run_directory(self._root)
+        return self._claimed
 
     def path_for(self, tag: str, step: int) -> Path:
         suffix = "png" if self.image_format == "png" else "jpg"
@@ -188,11 +205,12 @@ def image_sinks(loggers: list[Logger], image_dir: str | Path | None, image_forma
                            "neither log_image nor a log_dir); pass image_dir= to also write "
                            "them as files.")
     if image_dir is not None:
-        sinks.append(FileSink(claim_run_directory(image_dir), image_format))
+        sinks.append(FileSink(image_dir, image_format, run_folder=True))
     elif not loggers and default_root_dir is not None:
-        directory = claim_run_directory(Path(default_root_dir) / "gradcam")
-        rank_zero_info(f"GradCAMCallback: no logger; pictures are written to {directory}")
-        sinks.append(FileSink(directory, image_format))
+        directory = Path(default_root_dir) / "gradcam"
+        rank_zero_info(f"GradCAMCallback: no logger; pictures are written to "
+                       f"{directory}/version_<n>, a new folder per run")
+        sinks.append(FileSink(directory, image_format, run_folder=True))
     return sinks
 
 
