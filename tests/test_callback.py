@@ -147,7 +147,8 @@ def test_the_same_samples_every_time_whatever_the_loader_order(tmp_path):
 
     data = StripeData()
     data.val_dataloader = lambda: DataLoader(data.val_set, batch_size=16, shuffle=True)
-    callback = GradCAMCallback("features", num_samples=4, batch_to_input=spy_batch)
+    callback = GradCAMCallback("features", num_samples=4, batch_to_input=spy_batch,
+                               metric_samples=0)  # metric samples are re-read by design
     fit(tmp_path, [callback], max_epochs=2, data=data)
     expected = torch.stack([data.val_set[i][0] for i in range(4)])
     assert len(seen) == 1  # fetched once, then reused every run

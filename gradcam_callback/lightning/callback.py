@@ -14,23 +14,33 @@ history from :mod:`.history`, and the pictures leave through :mod:`.sinks`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from gradcam_callback import _checks
 from gradcam_callback.engine import explain_batch, get_method, resolve_layer
-from gradcam_callback.engine.scopes import preserved_rng_state
+from gradcam_callback.engine.scopes import eval_mode, preserved_rng_state
 from gradcam_callback.engine.transforms import vit_reshape_transform
+from gradcam_callback.lightning.display import Display, choose_display
 from gradcam_callback.lightning.history import History, evenly_spaced
 from gradcam_callback.lightning.samples import FixedSamples, SampleReader
 from gradcam_callback.lightning.sinks import ImageSink, image_sinks
+from gradcam_callback.lightning.statistics import (
+    MIN_CELLS,
+    StatisticsResult,
+    collect_statistics,
+    earlier_layer,
+    parse_alarms,
+)
 from gradcam_callback.metrics import attention_scalars
 from gradcam_callback.render import (
     IMAGE_FORMATS,
@@ -44,10 +54,12 @@ from gradcam_callback.render import (
     resize_tiles,
     to_display,
 )
+from gradcam_callback.render.class_maps import class_maps_grid
 
 __all__ = ["GradCAMCallback"]
 
 _TARGET_WORDS = ("predicted", "label", "both")
+_ALARM_ACTIONS = ("warn", "stop")
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
@@ -103,8 +115,11 @@ class GradCAMCallback(Callback):
             for other batch formats (an import path in YAML).
         class_names: names shown instead of class indices.
         mean: per-channel mean used to normalise the inputs, to show them as they were.
-        std: per-channel std used to normalise the inputs. Without ``mean``/``std`` each
-            image is min-max scaled for display.
+        std: per-channel std used to normalise the inputs. Without ``mean``/``std`` they
+            are taken from a torchvision ``Normalize`` in the validation dataset's
+            transform when there is one; otherwise the batch is min-max scaled jointly
+            (not each image on its own, so a tint that tells classes apart stays visible).
+            One info line says which.
         colormap: any matplotlib colormap name.
         alpha: heatmap opacity in the overlay, in ``[0, 1]``.
         show_heatmap: add a row with the bare heatmaps.
@@ -125,6 +140,20 @@ class GradCAMCallback(Callback):
             Size matters twice: on disk, and because TensorBoard's writer computes a
             pure-Python checksum of every event (about 0.2 s of CPU per MB).
         image_dir: also write every picture as a file into this directory.
+        metric_samples: the scalars are means over the first ``metric_samples``
+            validation samples (capped at the dataset's size), explained at every logged
+            run in chunks of ``metric_batch_size`` (under DDP each rank explains its share
+            and the sums are added), each logged with its spread (``<name>_std``,
+            ``<name>_ci95``), plus ``location_consistency`` and the ``class_maps``
+            picture. The scalars also reach ``trainer.callback_metrics`` on every rank, so
+            ``EarlyStopping``/``ModelCheckpoint`` can monitor them. ``0`` turns this off:
+            the scalars then come from the ``num_samples`` shown, to the loggers only.
+        metric_batch_size: samples per chunk (memory is set by the chunk).
+        alarms: thresholds on scalars, by tag suffix, e.g.
+            ``{"lift/watermark_mask": ">2", "location_consistency": ">=0.9"}``; when one
+            is crossed, one warning names the metric, its value and the epoch.
+        alarm_action: ``"warn"``, or ``"stop"`` to also stop training
+            (``trainer.should_stop``, the same decision on every rank).
 
     Raises:
         TypeError: an argument of the wrong type (the message names it and says what is valid).
@@ -167,6 +196,10 @@ class GradCAMCallback(Callback):
         save_gif: bool = False,
         image_format: str = "jpeg",
         image_dir: str | None = None,
+        metric_samples: int = 256,
+        metric_batch_size: int = 64,
+        alarms: dict[str, str] | None = None,
+        alarm_action: str = "warn",
     ) -> None:
         super().__init__()
         if target_layer is not None and not isinstance(target_layer, str):
@@ -196,6 +229,15 @@ class GradCAMCallback(Callback):
         if image_dir is not None and not isinstance(image_dir, (str, Path)):
             raise TypeError(f"image_dir={image_dir!r}: must be a directory path (str) or None")
         self.image_dir = image_dir
+        self.metric_samples = _checks.check_int("metric_samples", metric_samples, minimum=0)
+        self.metric_batch_size = _checks.check_int("metric_batch_size", metric_batch_size,
+                                                   minimum=1)
+        self._alarms = parse_alarms(alarms)
+        self.alarms = dict(alarms) if alarms else {}
+        self.alarm_action = _checks.check_choice("alarm_action", alarm_action, _ALARM_ACTIONS)
+        self.last_statistics: StatisticsResult | None = None
+        self.last_class_maps: Tensor | None = None
+        self._display: Display | None = None
         self._reader = SampleReader(
             num_samples=self.num_samples,
             sample_indices=_checks.check_int_sequence("sample_indices", sample_indices),
@@ -289,6 +331,7 @@ class GradCAMCallback(Callback):
             stage: ``"validate"`` or ``"test"``: whose dataloader to take samples from.
                 Validation runs during fit also extend the drift history and the filmstrip.
         """
+        statistics = self._attention_statistics(trainer, pl_module, stage)  # every rank
         if not trainer.is_global_zero:
             return
         with preserved_rng_state(pl_module.device):
@@ -303,7 +346,9 @@ class GradCAMCallback(Callback):
             prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
             self._log_image(trainer, prefix + "overlay", self.last_grid)
             primary = rows[0][1].cpu()
-            metrics = self._measure(primary, samples.masks)
+            metrics = self._scalars(primary, samples, statistics)
+            if statistics is not None:
+                self._log_class_maps(trainer, prefix, statistics)
             if stage == "validate" and trainer.state.fn == "fit":
                 metrics.update(self._history.add(primary, trainer.current_epoch,
                                                  trainer.global_step))
@@ -344,8 +389,10 @@ class GradCAMCallback(Callback):
         return target
 
     def _display_images(self, samples: FixedSamples) -> Tensor:
-        return resize_tiles(to_display(samples.inputs, self.mean, self.std),
-                            self.max_image_size)
+        display = self._display or Display(self.mean, self.std, joint=self.mean is None,
+                                           source="")
+        return resize_tiles(to_display(samples.inputs, display.mean, display.std,
+                                       joint=display.joint), self.max_image_size)
 
     def _measure(self, cams: Tensor, masks: dict[str, Tensor]) -> dict[str, float]:
         for name, mask in masks.items():
@@ -359,6 +406,119 @@ class GradCAMCallback(Callback):
                 )
         return {name: values.mean().item()
                 for name, values in attention_scalars(cams, masks).items()}
+
+    def _attention_statistics(self, trainer: Trainer, pl_module: LightningModule,
+                              stage: str) -> StatisticsResult | None:
+        """The many-sample statistics, on every rank: each rank explains its share of the
+        first ``metric_samples`` samples, the sums are added (every rank takes part), the
+        scalars go to ``trainer.callback_metrics`` and are checked against the alarms.
+        ``None`` when ``metric_samples=0``."""
+        loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
+        loader = self._reader.dataloader(loaders, stage)
+        self._choose_display(loader)
+        total = _dataset_size(loader.dataset, self.metric_samples)
+        if not total:
+            return None
+        primary = "predicted" if self.target == "both" else self.target
+
+        def read_chunk(indices: Sequence[int]) -> tuple[Tensor, Tensor | None,
+                                                         dict[str, Tensor]]:
+            chunk = self._reader.read(loader, indices, stage, self._warn_once)
+            return chunk.inputs, chunk.labels, chunk.masks
+
+        device = pl_module.device
+        with preserved_rng_state(device):
+            result, layer_name = collect_statistics(
+                pl_module, read_chunk, range(trainer.global_rank, total, trainer.world_size),
+                self._layer_name, targets=lambda labels: self._targets(primary, labels),
+                chunk_size=self.metric_batch_size,
+                explain_options={"method": self.method,
+                                 "reshape_transform": self.reshape_transform,
+                                 "output_transform": self.output_transform},
+                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
+                broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
+                device=device,
+                prepare=lambda x: trainer.precision_plugin.convert_input(x.to(device)))
+        self._layer_name = layer_name or self._layer_name
+        self.last_statistics = result
+        if trainer.is_global_zero:
+            self._warn_if_coarse(pl_module, result, read_chunk)
+        prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
+        self._publish(trainer, pl_module, prefix, result.scalars)
+        self._check_alarms(trainer, result.scalars)
+        return result
+
+    def _choose_display(self, loader: Any) -> None:
+        if self._display is None:
+            self._display = choose_display(self.mean, self.std, getattr(loader, "dataset", None))
+            if self.mean is None:
+                rank_zero_info(f"GradCAMCallback display: {self._display.source}")
+
+    def _publish(self, trainer: Trainer, pl_module: LightningModule, prefix: str,
+                 scalars: dict[str, float]) -> None:
+        """Put the scalars into ``trainer.callback_metrics`` (not into the loggers: rank zero
+        logs them at the global step), through ``pl_module.log`` inside a hook."""
+        in_hook = getattr(pl_module, "_current_fx_name", None) is not None
+        for name, value in scalars.items():
+            if in_hook:
+                pl_module.log(prefix + name, value, logger=False, on_step=False,
+                              on_epoch=True, batch_size=1, sync_dist=False)
+            else:
+                trainer.callback_metrics[prefix + name] = torch.tensor(value)
+
+    def _check_alarms(self, trainer: Trainer, scalars: dict[str, float]) -> None:
+        for alarm in self._alarms:
+            value = scalars.get(alarm.metric)
+            if value is None:
+                close = difflib.get_close_matches(alarm.metric, list(scalars), n=3)
+                self._warn_once(
+                    f"alarm_unknown_{alarm.metric}",
+                    f"GradCAMCallback: alarms[{alarm.metric!r}]: there is no such scalar"
+                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else
+                       f"; the scalars are {', '.join(sorted(scalars))}"))
+            elif alarm.fires(value):
+                stop = self.alarm_action == "stop"
+                self._warn_once(
+                    f"alarm_{alarm.metric}",
+                    f"GradCAMCallback alarm: {alarm.metric} = {value:.4g} at epoch "
+                    f"{trainer.current_epoch} (step {trainer.global_step}) crosses "
+                    f"{alarm.describe()}" + ("; stopping training." if stop else "."))
+                if stop:
+                    trainer.should_stop = True
+
+    def _warn_if_coarse(self, pl_module: LightningModule, result: StatisticsResult,
+                        read_chunk: Callable[[Sequence[int]], Any]) -> None:
+        height, width = result.layer_size
+        if min(height, width) >= MIN_CELLS or "coarse" in self._warned:
+            return
+        inputs = read_chunk([0])[0].to(pl_module.device)
+        with preserved_rng_state(pl_module.device), eval_mode(pl_module):
+            earlier = earlier_layer(pl_module, inputs, str(self._layer_name))
+        self._warn_once(
+            "coarse",
+            f"GradCAMCallback: layer {self._layer_name!r} gives {height}x{width} maps for "
+            f"{result.input_size[0]}x{result.input_size[1]} inputs: too coarse for "
+            f"border_lift, lift and pointing_game (one cell covers {result.cell_pixels} px, "
+            "so they barely move between epochs). Explain an earlier layer"
+            + (f", e.g. target_layer={earlier!r}." if earlier else "."))
+
+    def _scalars(self, cams: Tensor, samples: FixedSamples,
+                 statistics: StatisticsResult | None) -> dict[str, float]:
+        if statistics is None:
+            return self._measure(cams, samples.masks)
+        return {**statistics.scalars, "metric_samples": float(statistics.count)}
+
+    def _log_class_maps(self, trainer: Trainer, prefix: str,
+                        statistics: StatisticsResult) -> None:
+        rows = [("by prediction", statistics.by_prediction, statistics.prediction_counts)]
+        if statistics.by_label is not None and statistics.label_counts is not None:
+            rows.append(("by label", statistics.by_label, statistics.label_counts))
+        display = self._display or Display(self.mean, self.std, joint=True, source="")
+        backdrop = to_display(statistics.mean_image.unsqueeze(0), display.mean, display.std,
+                              joint=True)[0]
+        self.last_class_maps = class_maps_grid(rows, backdrop, self.class_names,
+                                               colormap=self.colormap)
+        self._log_image(trainer, prefix + "class_maps", self.last_class_maps)
 
     def log_filmstrip(self, trainer: Trainer) -> Tensor | None:
         """Log the filmstrip of the runs so far; called at the end of fit.
@@ -446,6 +606,15 @@ class GradCAMCallback(Callback):
         self._restored_indices = state_dict.get("sample_indices")
         self._history.load_state_dict(state_dict)
         self._samples.clear()
+
+
+def _dataset_size(dataset: Any, limit: int) -> int:
+    """How many metric samples a dataset gives: ``limit`` capped at its length (an
+    iterable dataset without a length is taken at its word)."""
+    try:
+        return min(limit, len(dataset))
+    except TypeError:
+        return limit
 
 
 def _check_target(target: object) -> str | int | Callable[[Tensor], Tensor]:

@@ -39,10 +39,12 @@ from gradcam_callback.ops import min_max, resize_maps
 __all__ = [
     "MAP_SIZE",
     "MIN_CELLS",
+    "Alarm",
     "AttentionStatistics",
     "StatisticsResult",
     "collect_statistics",
     "earlier_layer",
+    "parse_alarms",
     "summary_names",
 ]
 
@@ -406,3 +408,67 @@ def _means(sums: Tensor | None, counts: Tensor | None, empty: Tensor) -> Tensor:
 
 def _counts(counts: Tensor | None) -> Tensor:
     return torch.zeros(0, dtype=torch.long) if counts is None else counts.round().long()
+
+
+_COMPARISONS = (">=", "<=", ">", "<")
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One threshold on a scalar: ``metric`` (tag suffix, e.g. ``"lift/watermark_mask"``),
+    ``op`` (one of ``>``, ``>=``, ``<``, ``<=``) and ``threshold``."""
+
+    metric: str
+    op: str
+    threshold: float
+
+    def fires(self, value: float) -> bool:
+        """Whether ``value`` crosses the threshold (NaN never does)."""
+        if math.isnan(value):
+            return False
+        return {">": value > self.threshold, ">=": value >= self.threshold,
+                "<": value < self.threshold, "<=": value <= self.threshold}[self.op]
+
+    def describe(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+def parse_alarms(alarms: object) -> list[Alarm]:
+    """``{"lift/watermark_mask": ">2", "border_lift": "<= 0.5"}`` as :class:`Alarm` s.
+
+    Keys are tag suffixes after ``gradcam/<layer>/`` (a full ``gradcam/...`` tag is cut
+    there); values a comparison and a number, as a string (YAML-friendly).
+
+    Raises:
+        TypeError: ``alarms`` is not a mapping of strings.
+        ValueError: a condition that is not ``<op><number>``.
+    """
+    if alarms is None:
+        return []
+    if not isinstance(alarms, dict):
+        raise TypeError(f"alarms={alarms!r}: must be a mapping metric -> condition, e.g. "
+                        "{'lift/watermark_mask': '>2'}")
+    parsed = []
+    for metric, condition in alarms.items():
+        if not isinstance(metric, str) or not isinstance(condition, str):
+            raise TypeError(f"alarms={alarms!r}: keys and conditions must be strings, e.g. "
+                            "{'lift/watermark_mask': '>2'}")
+        text = condition.strip()
+        op = next((o for o in _COMPARISONS if text.startswith(o)), None)
+        try:
+            threshold = float(text[len(op):]) if op is not None else math.nan
+        except ValueError:
+            threshold = math.nan
+        if op is None or not math.isfinite(threshold):
+            raise ValueError(f"alarms[{metric!r}]={condition!r}: a condition is one of "
+                             f"{', '.join(_COMPARISONS)} followed by a number, e.g. '>2'")
+        parsed.append(Alarm(_short_name(metric), op, threshold))
+    return parsed
+
+
+def _short_name(metric: str) -> str:
+    """``gradcam/<layer>/lift/x`` -> ``lift/x``; a suffix stays as it is."""
+    if metric.startswith("gradcam/"):
+        parts = metric.split("/")
+        return "/".join(parts[2:]) if len(parts) > 2 else metric
+    return metric
