@@ -319,7 +319,7 @@ def test_every_tensorboard_logger_gets_the_grid(tmp_path):
 
 
 def test_scalars_drift_and_mask_energies_are_logged(tmp_path):
-    callback = GradCAMCallback("features", num_samples=4)
+    callback = GradCAMCallback("features", num_samples=4, metric_samples=4)
     trainer, _ = fit(tmp_path, [callback], max_epochs=3, data=ShapesData())
     prefix = "gradcam/features/"
     border = logged_scalars(trainer, prefix + "border_energy")

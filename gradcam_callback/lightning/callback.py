@@ -424,6 +424,7 @@ class GradCAMCallback(Callback):
         def read_chunk(indices: Sequence[int]) -> tuple[Tensor, Tensor | None,
                                                          dict[str, Tensor]]:
             chunk = self._reader.read(loader, indices, stage, self._warn_once)
+            self._warn_empty_masks(chunk)
             return chunk.inputs, chunk.labels, chunk.masks
 
         device = pl_module.device
@@ -447,6 +448,16 @@ class GradCAMCallback(Callback):
         self._publish(trainer, pl_module, prefix, result.scalars)
         self._check_alarms(trainer, result.scalars)
         return result
+
+    def _warn_empty_masks(self, chunk: FixedSamples) -> None:
+        for name, mask in chunk.masks.items():
+            empty = (~mask.flatten(1).any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                self._warn_once(
+                    f"empty_{name}",
+                    f"GradCAMCallback: mask {name!r} is empty for samples "
+                    f"{[chunk.indices[i] for i in empty]}; their lift, energy_in_mask and "
+                    "pointing_game count as 0.")
 
     def _choose_display(self, loader: Any) -> None:
         if self._display is None:
