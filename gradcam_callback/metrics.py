@@ -30,12 +30,15 @@ Formulas, per sample, with ``m`` a map flattened to a vector:
   ``width`` fraction of the image on each side; ``border_lift`` divides it by the frame's
   area (the 10% frame is 36% of a square image, so a uniform map has border energy 0.36
   and border lift 1.0).
-- ``location_consistency(maps, groups)``: for each map, the mean cosine similarity of
-  its map with the maps of the other samples in its group (the callback groups by the
-  predicted class), averaged over the samples. Near 1 when every image of a class is
-  decided at the same place (a corner patch, a watermark at a class-specific spot); lower
-  when the evidence moves with the object. It needs no mask, but it cannot tell a shortcut
-  from an object that always sits at the same place (centred objects).
+- ``location_consistency(maps, groups)``: for each map, the mean correlation (Pearson:
+  cosine similarity of the maps with their own mean subtracted) of its map with the maps
+  of the other samples in its group (the callback groups by the predicted class). Near 1
+  when every image of a class is decided at the same place (a corner patch, a watermark
+  at a class-specific spot); near 0 when the evidence moves with the object from image
+  to image. Subtracting the mean matters: two diffuse non-negative maps have a cosine
+  near 1 whatever they show. It needs no mask, but it cannot tell a shortcut from an
+  object that always sits at the same place (centred objects), and a cue spread over the
+  whole image (a tint, a texture) has no place to be consistent about.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "border_energy",
     "border_lift",
     "border_mask",
+    "centred_maps",
     "energy_in_mask",
     "lift",
     "location_consistency",
@@ -191,7 +195,7 @@ def border_lift(cams: Tensor, fraction: float = 0.1) -> Tensor:
 
 
 def location_consistency(maps: Tensor, groups: Tensor | None = None) -> Tensor:
-    """Per-sample mean cosine similarity of its map with the other maps of its group.
+    """Per-sample mean correlation of its map with the other maps of its group.
 
     Args:
         maps: ``(N, h, w)`` non-negative maps.
@@ -199,20 +203,21 @@ def location_consistency(maps: Tensor, groups: Tensor | None = None) -> Tensor:
             puts all maps in one group.
 
     Returns:
-        float32 ``(N,)``; NaN for a map that is all zero or alone in its group (no
-        partner to compare with): leave those out of a mean (``nanmean``).
+        float32 ``(N,)`` in ``[-1, 1]``; NaN for a constant map (e.g. all zero) or one
+        alone in its group (no partner to compare with): leave those out of a mean
+        (``nanmean``).
 
     Example::
 
         >>> corner = torch.zeros(3, 4, 4); corner[:, 0, 0] = 1.0
-        >>> location_consistency(corner).tolist()
+        >>> [round(v, 4) for v in location_consistency(corner).tolist()]
         [1.0, 1.0, 1.0]
-        >>> moving = torch.eye(4).view(4, 2, 2)
-        >>> location_consistency(moving).tolist()
-        [0.0, 0.0, 0.0, 0.0]
+        >>> moving = torch.eye(4).view(4, 2, 2)  # one-hot maps at four places
+        >>> [round(v, 4) for v in location_consistency(moving).tolist()]
+        [-0.3333, -0.3333, -0.3333, -0.3333]
     """
     _check_maps(maps, "maps")
-    flat = maps.flatten(1).float()
+    flat = centred_maps(maps)
     norms = flat.norm(dim=1)
     nonzero = norms > 0
     units = flat / torch.where(nonzero, norms, 1.0).unsqueeze(1)
@@ -225,6 +230,16 @@ def location_consistency(maps: Tensor, groups: Tensor | None = None) -> Tensor:
     similarity = ((units @ units.T) * same).sum(1)
     valid = nonzero & (partners > 0)
     return torch.where(valid, similarity / partners.clamp(min=1), float("nan"))
+
+
+def centred_maps(maps: Tensor) -> Tensor:
+    """Maps flattened to ``(N, h*w)`` float32 with each map's mean subtracted (the vectors
+    whose cosine is the correlation used by :func:`location_consistency`)."""
+    flat = maps.flatten(1).float()
+    centred = flat - flat.mean(1, keepdim=True)
+    # a constant map becomes exactly zero (no rounding residue), so it counts as no map
+    constant = (flat.amax(1) == flat.amin(1)).unsqueeze(1)
+    return torch.where(constant, 0.0, centred)
 
 
 def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None,

@@ -109,31 +109,44 @@ def test_attention_scalars_names_and_values():
     assert scalars["border_lift"].tolist() == pytest.approx([1 / 0.36] * 2)
 
 
-def test_location_consistency_is_the_mean_cosine_within_groups():
+def test_location_consistency_is_the_mean_correlation_within_groups():
     same_place = torch.zeros(4, 6, 6)
     same_place[:, 0, 0] = 1.0
     same_place[2:, 0, 0] = 3.0  # scale does not matter
+    same_place[3] += 0.5  # nor does an offset
     assert location_consistency(same_place).tolist() == pytest.approx([1.0] * 4)
     disjoint = torch.zeros(4, 6, 6)
     for i in range(4):
         disjoint[i, i, i] = 1.0
-    assert location_consistency(disjoint).tolist() == [0.0] * 4
-    # two groups: within a group the maps agree, across groups they do not; by group = 1
+    # one-hot maps of 36 pixels at different places: correlation -1/35
+    assert location_consistency(disjoint).tolist() == pytest.approx([-1 / 35] * 4)
+    # two groups: within a group the maps agree, across groups they do not
     mixed = torch.zeros(4, 6, 6)
     mixed[:2, 0, 0] = 1.0
     mixed[2:, 5, 5] = 1.0
     groups = torch.tensor([0, 0, 1, 1])
     assert location_consistency(mixed, groups).tolist() == pytest.approx([1.0] * 4)
-    assert location_consistency(mixed).tolist() == pytest.approx([1 / 3] * 4)
+    assert location_consistency(mixed).tolist() == pytest.approx([(1 - 2 / 35) / 3] * 4)
+
+
+def test_diffuse_maps_at_different_places_are_not_consistent_though_their_cosine_is_high():
+    g = torch.Generator().manual_seed(0)
+    base = 0.6 + 0.1 * torch.rand(6, 16, 16, generator=g)  # diffuse, non-negative
+    for i in range(6):
+        base[i, (i % 3) * 5 : (i % 3) * 5 + 3, (i // 3) * 8 : (i // 3) * 8 + 3] += 0.5
+    cosine = torch.nn.functional.cosine_similarity(base[0].flatten(), base[1].flatten(), 0)
+    assert cosine > 0.9
+    assert location_consistency(base).mean().item() < 0.05
 
 
 def test_location_consistency_known_partial_overlap_and_lonely_maps():
     a = torch.zeros(1, 2, 2)
     a[0, 0, 0] = 1.0
     b = torch.zeros(1, 2, 2)
-    b[0, 0, 0] = b[0, 0, 1] = 1.0  # cosine with a: 1/sqrt(2)
+    b[0, 0, 0] = b[0, 0, 1] = 1.0  # centred: a = (.75,-.25,-.25,-.25), b = (.5,.5,-.5,-.5)
     values = location_consistency(torch.cat([a, b, torch.zeros(1, 2, 2), a]),
                                   torch.tensor([0, 0, 0, 1]))
-    assert values[0].item() == pytest.approx(1 / math.sqrt(2))
-    assert values[1].item() == pytest.approx(1 / math.sqrt(2))
-    assert math.isnan(values[2].item()) and math.isnan(values[3].item())  # zero / alone
+    expected = (0.375 - 0.125 + 0.125 + 0.125) / (math.sqrt(0.75) * 1.0)
+    assert values[0].item() == pytest.approx(expected)
+    assert values[1].item() == pytest.approx(expected)
+    assert math.isnan(values[2].item()) and math.isnan(values[3].item())  # constant / alone

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradcam_callback.engine import explain_batch
-from gradcam_callback.metrics import attention_scalars
+from gradcam_callback.metrics import attention_scalars, centred_maps
 from gradcam_callback.ops import min_max, resize_maps
 
 __all__ = [
@@ -151,7 +151,7 @@ class AttentionStatistics:
         self._ensure_classes(logits.shape[1] if logits.dim() == 2 else 1, inputs)
         small = _shrink(cams, self.map_size)
         self._add_class_maps(small, predictions, labels)
-        flat = small.flatten(1)
+        flat = centred_maps(small)
         norms = flat.norm(dim=1, keepdim=True)
         nonzero = norms.squeeze(1) > 0
         units = (flat / norms.clamp(min=1e-12))[nonzero]
@@ -278,9 +278,10 @@ class AttentionStatistics:
             self.has_labels = True
 
     def _consistency_moments(self) -> Tensor:
-        """Moments of each sample's mean cosine similarity to the other samples of its
-        predicted class: ``(u_i . S_c - 1) / (n_c - 1)`` with ``S_c`` the (global) sum of
-        the class's unit maps; samples alone in their class are left out."""
+        """Moments of each sample's mean correlation with the other samples of its
+        predicted class: ``(u_i . S_c - 1) / (n_c - 1)`` with ``u_i`` its centred unit map
+        and ``S_c`` the (global) sum of the class's; samples alone in their class (or with
+        a constant map) are left out."""
         moments = torch.zeros(3, dtype=torch.float64)
         for units, predictions in self._units:
             partners = self.unit_counts[predictions] - 1  # type: ignore[index]
