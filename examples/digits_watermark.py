@@ -44,7 +44,8 @@ INSET = 1
 MEAN, STD = 0.1, 0.3
 
 
-def watermark_places(size: int = SIZE, mark: int = MARK, inset: int = INSET) -> list[tuple[int, int]]:
+def watermark_places(size: int = SIZE, mark: int = MARK,
+                     inset: int = INSET) -> list[tuple[int, int]]:
     """Ten (top, left) corners spread around the border ring, clockwise from the top left."""
     far = size - inset - mark
     steps = [inset + round(i * (far - inset) / 3) for i in range(4)]

@@ -272,3 +272,20 @@ def test_ddp_two_processes_agree_on_the_monitored_value_and_stop_together(tmp_pa
     assert ranks[0]["values"] == ranks[1]["values"] and ranks[0]["values"]
     assert ranks[0]["epoch"] == ranks[1]["epoch"] == 1  # the alarm stopped both ranks
     assert ranks[0]["count"] == ranks[1]["count"] == 24  # both ranks' shares, added
+
+
+def test_a_too_coarse_layer_warns_once_naming_an_earlier_layer(tmp_path):
+    from gradcam_callback import GradCAMCallback
+    from tests.lit_helpers import LitTiny
+    from tests.test_callback import fit
+
+    model = LitTiny()
+    model.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                   nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                                   nn.MaxPool2d(8))  # 32 px -> 2x2
+    gradcam = GradCAMCallback("features", num_samples=2, metric_samples=8)
+    with pytest.warns(UserWarning, match=r"'features' gives 2x2 maps for 32x32 inputs: too "
+                                         r"coarse.*target_layer='features.4'") as caught:
+        fit(tmp_path, [gradcam], max_epochs=2, model=model)
+    assert sum("too coarse" in str(w.message) for w in caught) == 1
+    assert gradcam.last_statistics.layer_size == (2, 2)
