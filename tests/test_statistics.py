@@ -289,3 +289,26 @@ def test_a_too_coarse_layer_warns_once_naming_an_earlier_layer(tmp_path):
         fit(tmp_path, [gradcam], max_epochs=2, model=model)
     assert sum("too coarse" in str(w.message) for w in caught) == 1
     assert gradcam.last_statistics.layer_size == (2, 2)
+
+
+def test_class_maps_picture_puts_each_class_map_in_its_column_on_one_scale():
+    from gradcam_callback.render.class_maps import class_maps_grid
+
+    maps = torch.zeros(3, 8, 8)
+    maps[0, :2, :2] = 1.0  # class 0: top-left
+    maps[2, 6:, 6:] = 0.5  # class 2: bottom-right, half as strong
+    counts = torch.tensor([4, 0, 2])
+    picture = class_maps_grid([("by prediction", maps, counts)], None, ["a", "b", "c"],
+                              tile_size=40, colormap="gray")
+    assert picture.dtype == torch.uint8 and picture.shape[0] == 3
+    # the columns are 40 px tiles after the row title; find them by their bright pixels
+    height = picture.shape[1]
+    gray = picture.float().mean(0)[height - 40 - 12 : height - 12]  # the row of tiles
+    white = (gray >= 250).nonzero()  # full scale: only class 0's corner (text is 235)
+    assert len(white) > 0
+    assert white[:, 1].max() - white[:, 1].min() < 40  # all in one tile: class 0's
+    assert white[:, 0].max() < 20  # in the tile's top half
+    right = white[:, 1].max()
+    mid = ((gray > 110) & (gray < 150)).nonzero()
+    mid = mid[mid[:, 1] > right + 20]  # class 2: half the scale, two columns right
+    assert len(mid) > 0 and mid[:, 1].min() > right + 40 and mid[:, 0].min() >= 20

@@ -147,7 +147,8 @@ class AttentionStatistics:
         tolerance = cell_pixels(self.input_size, self.layer_size)
         for name, values in attention_scalars(cams, masks, tolerance).items():
             self._add_moments(name, values)
-        predictions = logits.detach().float().argmax(1).cpu()
+        predictions = (logits.detach().float().argmax(1).cpu() if logits.dim() == 2
+                       else torch.zeros(len(cams), dtype=torch.long))  # one group
         self._ensure_classes(logits.shape[1] if logits.dim() == 2 else 1, inputs)
         small = _shrink(cams, self.map_size)
         self._add_class_maps(small, predictions, labels)

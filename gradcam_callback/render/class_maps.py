@@ -24,6 +24,7 @@ __all__ = ["MAX_CLASSES", "class_maps_grid"]
 
 MAX_CLASSES = 32
 """At most this many classes (columns) are drawn: the ones with the most samples."""
+_SHORT_TITLES = {"by prediction": "pred", "by label": "label"}
 
 
 def class_maps_grid(
@@ -78,6 +79,9 @@ def class_maps_grid(
         empty = (counts[shown] == 0).view(-1, 1, 1, 1)
         tiles.append(to_uint8(torch.where(empty, 0.0, colour)))
         titles.append(title)
-    captions = [[class_name(c, class_names)] + [f"n={int(counts[c])}" for _, _, counts in rows]
+    short = [_SHORT_TITLES.get(title, title) for title, _, _ in rows]
+    captions = [[class_name(c, class_names)]
+                + [f"{word} n={int(counts[c])}" for word, (_, _, counts) in zip(short, rows,
+                                                                             strict=True)]
                 for c in shown]
     return annotated_grid(tiles, titles, captions)
