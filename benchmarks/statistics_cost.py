@@ -7,7 +7,7 @@ must do for the same samples in the same chunks: one forward pass and one
 ``torch.autograd.grad`` back to the layer. Goals (issue 12): per-sample cost of the
 statistics / the floor <= 1.2; peak memory flat from 64 to 1024 samples.
 
-torchvision resnet18 (random weights), 112x112 inputs, chunks of 64, ``layer3`` (7x7).
+torchvision resnet18 (random weights), 64x64 inputs, chunks of 64, ``layer3`` (4x4).
 
     python benchmarks/statistics_cost.py [--device cuda] [--threads 2] [--rounds 3]
 """
@@ -25,7 +25,7 @@ from cam_speed import floor
 
 from gradcam_callback.lightning.statistics import collect_statistics
 
-SIZE = 112
+SIZE = 64
 CHUNK = 64
 
 
@@ -37,7 +37,7 @@ def make_reader(device: str):
         inputs = torch.randn(len(indices), 3, SIZE, SIZE, generator=g)
         labels = torch.tensor([i % 10 for i in indices])
         box = torch.zeros(len(indices), SIZE, SIZE, dtype=torch.bool)
-        box[:, 10:40, 20:60] = True
+        box[:, 10:40, 20:50] = True
         corner = torch.zeros_like(box)
         corner[:, :12, :12] = True
         return inputs.to(device), labels, {"box_mask": box, "corner_mask": corner}
@@ -72,7 +72,7 @@ def main() -> None:
     print(f"resnet18, {SIZE}x{SIZE}, chunks of {CHUNK}, layer3, median of {args.rounds} "
           "interleaved rounds\n")
 
-    count = 256
+    count = 128
     times = interleaved({
         "floor": lambda: floor_pass(model, read, count, layer),
         "statistics": lambda: statistics_pass(model, read, count),
