@@ -74,11 +74,17 @@ class GradCAMCallback(Callback):
     "input" and the CAM overlay, each column captioned with the true label, the
     predicted label and its probability, and framed in red when the prediction is wrong.
 
-    Scalars go to every logger at the same step, under ``gradcam/<layer>/``:
-    ``border_energy`` (the share of CAM mass in the outer 10% frame: borders, corner
-    patches, watermarks), ``energy_in_mask/<name>`` and ``pointing_game/<name>`` for each
-    region mask the batch provides, and from the second run on ``drift`` (against the
-    previous run) and ``drift_from_start`` (against the first); formulas in
+    Scalars go to every logger at the same step, under ``gradcam/<layer>/``, as means
+    over the first ``metric_samples`` validation samples, each with ``_std`` and
+    ``_ci95`` (see :mod:`.statistics`): ``border_lift`` and ``border_energy`` (the outer
+    10% frame: borders, corner patches, watermarks), ``location_consistency`` (needs no
+    mask), and for each region mask the batch provides ``lift/<name>`` (energy in the mask
+    / the mask's area share; 1.0 = no preference), ``area/<name>``,
+    ``energy_in_mask/<name>`` and ``pointing_game/<name>`` (within one CAM cell); from the
+    second run on ``drift`` (against the previous run) and ``drift_from_start`` (against
+    the first), from the shown samples. The same scalars reach ``trainer.callback_metrics``
+    on every rank (``EarlyStopping(monitor="gradcam/<layer>/lift/<name>")`` works), and
+    ``gradcam/<layer>/class_maps`` shows the mean map per class. Formulas in
     :mod:`gradcam_callback.metrics`. At the end of fit, ``gradcam/<layer>/filmstrip`` shows
     every sample's map across the runs in one picture.
 
