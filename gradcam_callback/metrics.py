@@ -162,8 +162,11 @@ def pointing_game(cams: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
         raise ValueError(f"tolerance={tolerance}: must be an int >= 0 (pixels)")
     region = _region(masks, cams)
     if tolerance:
-        region = F.max_pool2d(region.float().unsqueeze(1), 2 * tolerance + 1, stride=1,
-                              padding=tolerance).squeeze(1) > 0.5
+        # a square dilation, done as two 1-D passes (rows, then columns): 2k, not k^2, per pixel
+        grown = F.max_pool2d(region.float().unsqueeze(1), (2 * tolerance + 1, 1), stride=1,
+                             padding=(tolerance, 0))
+        grown = F.max_pool2d(grown, (1, 2 * tolerance + 1), stride=1, padding=(0, tolerance))
+        region = grown.squeeze(1) > 0.5
     region = region.flatten(1)
     flat = cams.flatten(1)
     peak = flat.argmax(dim=1, keepdim=True)
