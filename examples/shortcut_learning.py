@@ -82,11 +82,15 @@ class PrintTable(Callback):
             "val_acc": float(trainer.callback_metrics["val_acc"]),
             "object": m["energy_in_mask/object_mask"],
             "patch": m["energy_in_mask/shortcut_mask"],
+            "object_lift": m["lift/object_mask"],
+            "patch_lift": m["lift/shortcut_mask"],
+            "consistency": m["location_consistency"],
             "drift": m.get("drift", float("nan")),
         }
         self.rows.append(row)
-        print(f"  {row['epoch']:>5} {row['val_acc']:>8.2f} {row['object']:>15.2f} "
-              f"{row['patch']:>14.2f} {row['drift']:>7.2f}", flush=True)
+        print(f"  {row['epoch']:>5} {row['val_acc']:>8.2f} {row['object_lift']:>12.2f} "
+              f"{row['patch_lift']:>11.2f} {row['consistency']:>12.2f} {row['drift']:>7.2f}",
+              flush=True)
 
 
 def run(name: str, train_shortcut: float, args: argparse.Namespace, seed: int = 0
@@ -105,20 +109,21 @@ def run(name: str, train_shortcut: float, args: argparse.Namespace, seed: int = 
                       log_every_n_steps=10, num_sanity_val_steps=0)
     print(f"\n[{name}] trained with the patch telling the class "
           f"{train_shortcut:.0%} of the time; validated with random patches")
-    print(f"  {'epoch':>5} {'val acc':>8} {'CAM on object':>15} {'CAM on patch':>14} "
-          f"{'drift':>7}")
+    print(f"  {'epoch':>5} {'val acc':>8} {'object lift':>12} {'patch lift':>11} "
+          f"{'consistency':>12} {'drift':>7}")
     trainer.fit(SmallCNN(), DataLoader(train, batch_size=64, shuffle=True),
                 DataLoader(val, batch_size=128))
     strip = args.out / f"filmstrip_{name}.png"
     Image.fromarray(gradcam.last_filmstrip.permute(1, 2, 0).numpy()).save(strip)
     final = table.rows[-1]
     patch_area = train.shortcut_mask.float().mean().item()
-    if final["patch"] > max(final["object"], 3 * patch_area):
-        verdict = (f"SHORTCUT: {final['patch']:.0%} of the attention is on a patch that covers "
-                   f"{patch_area:.0%} of the image; validation accuracy {final['val_acc']:.0%}.")
+    if final["patch_lift"] > max(final["object_lift"], 2.0):
+        verdict = (f"SHORTCUT: the patch ({patch_area:.0%} of the image) holds "
+                   f"{final['patch_lift']:.1f}x its share of the evidence, the shapes "
+                   f"{final['object_lift']:.1f}x; validation accuracy {final['val_acc']:.0%}.")
     else:
-        verdict = (f"OK: attention is on the shapes ({final['object']:.0%} on object, "
-                   f"{final['patch']:.0%} on the patch); validation accuracy "
+        verdict = (f"OK: the shapes hold {final['object_lift']:.1f}x their share of the "
+                   f"evidence, the patch {final['patch_lift']:.1f}x; validation accuracy "
                    f"{final['val_acc']:.0%}.")
     print(f"  verdict: {verdict}\n  filmstrip: {strip}")
     return {**final, "checkpoint": trainer.checkpoint_callback.best_model_path}

@@ -1,4 +1,5 @@
-"""Numbers that move in TensorBoard's scalar charts: drift, energy in a region, pointing game.
+"""Numbers that move in TensorBoard's scalar charts: drift, energy and lift in a region,
+pointing game, and how fixed the evidence's location is across images.
 
 All functions take CAMs ``(N, H, W)`` with non-negative values (``compute_cam`` output) and
 return one value per sample, as float32 (or bool) tensors ``(N,)`` on the maps' device.
@@ -14,11 +15,30 @@ Formulas, per sample, with ``m`` a map flattened to a vector:
   region ``R`` (the energy-based pointing game). 0 for an all-zero map or an empty region.
   Compare it with the region's area share ``mean(R)``: a map that ignores the region
   scores about its area.
-- ``pointing_game(m, R) = R[argmax m]``: whether the map's peak lies in the region
-  (the first peak when there are ties; False for an all-zero map).
+- ``area_share(R) = mean(R)``: the region's share of the image.
+- ``lift(m, R) = energy_in_mask(m, R) / area_share(R)``: how much more of the map's mass
+  the region holds than its size alone would give it. 1.0 = no preference (a uniform map
+  has lift 1 in every region), above 1 = the model looks there, below 1 = it looks
+  elsewhere. Unlike raw energy it can be compared between a 0.8% watermark and a 22%
+  object. 0 for an empty region or an all-zero map.
+- ``pointing_game(m, R, tolerance) = dilate(R, tolerance)[argmax m]``: whether the map's
+  peak lies in the region grown by ``tolerance`` pixels on each side (the first peak when
+  there are ties; False for an all-zero map). The callback passes one CAM cell: a map
+  upsampled from a coarse layer peaks at a cell centre, which can sit up to a cell away
+  from a tight mask that the cell covers.
 - ``border_energy(m, width) = energy_in_mask(m, frame)``, with ``frame`` the outer
-  ``width`` fraction of the image on each side: a mask-free shortcut signal (borders,
-  watermarks, corner patches all live there).
+  ``width`` fraction of the image on each side; ``border_lift`` divides it by the frame's
+  area (the 10% frame is 36% of a square image, so a uniform map has border energy 0.36
+  and border lift 1.0).
+- ``location_consistency(maps, groups)``: for each map, the mean correlation (Pearson:
+  cosine similarity of the maps with their own mean subtracted) of its map with the maps
+  of the other samples in its group (the callback groups by the predicted class). Near 1
+  when every image of a class is decided at the same place (a corner patch, a watermark
+  at a class-specific spot); near 0 when the evidence moves with the object from image
+  to image. Subtracting the mean matters: two diffuse non-negative maps have a cosine
+  near 1 whatever they show. It needs no mask, but it cannot tell a shortcut from an
+  object that always sits at the same place (centred objects), and a cue spread over the
+  whole image (a tint, a texture) has no place to be consistent about.
 """
 
 from __future__ import annotations
@@ -30,11 +50,16 @@ from torch import Tensor
 from gradcam_callback.ops import resize_maps
 
 __all__ = [
+    "area_share",
     "attention_drift",
     "attention_scalars",
     "border_energy",
+    "border_lift",
     "border_mask",
+    "centred_maps",
     "energy_in_mask",
+    "lift",
+    "location_consistency",
     "pointing_game",
 ]
 
@@ -87,17 +112,62 @@ def energy_in_mask(cams: Tensor, masks: Tensor) -> Tensor:
     return torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), 0.0)
 
 
-def pointing_game(cams: Tensor, masks: Tensor) -> Tensor:
-    """Per-sample bool: does the map's maximum lie inside the mask?
+def area_share(cams: Tensor, masks: Tensor) -> Tensor:
+    """Per-sample share of the image that ``masks`` covers, measured at the maps' size.
+
+    Example::
+
+        >>> area_share(torch.zeros(1, 2, 2), torch.tensor([[True, False], [False, False]]))
+        tensor([0.2500])
+    """
+    _check_maps(cams, "cams")
+    return _region(masks, cams).flatten(1).float().mean(1)
+
+
+def lift(cams: Tensor, masks: Tensor) -> Tensor:
+    """Per-sample ``energy_in_mask / area_share``: 1.0 = no preference for the region.
+
+    0 for an empty region or an all-zero map.
+
+    Example::
+
+        >>> cams = torch.tensor([[[1.0, 3.0], [0.0, 0.0]]])
+        >>> lift(cams, torch.tensor([[False, True], [False, False]])).item()  # 0.75 / 0.25
+        3.0
+        >>> lift(torch.ones(1, 2, 2), torch.tensor([[False, True], [False, False]])).item()
+        1.0
+    """
+    energy = energy_in_mask(cams, masks)
+    area = area_share(cams, masks)
+    return torch.where(area > 0, energy / torch.where(area > 0, area, 1.0), 0.0)
+
+
+def pointing_game(cams: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
+    """Per-sample bool: does the map's maximum lie inside the mask (grown by
+    ``tolerance`` pixels on each side, a square neighbourhood)?
 
     Example::
 
         >>> cams = torch.tensor([[[0.2, 0.9], [0.1, 0.0]]])
         >>> pointing_game(cams, torch.tensor([[False, True], [False, False]])).tolist()
         [True]
+        >>> pointing_game(cams, torch.tensor([[False, False], [False, True]])).tolist()
+        [False]
+        >>> pointing_game(cams, torch.tensor([[False, False], [False, True]]), 1).tolist()
+        [True]
     """
     _check_maps(cams, "cams")
-    region = _region(masks, cams).flatten(1)
+    tolerance = int(tolerance)
+    if tolerance < 0:
+        raise ValueError(f"tolerance={tolerance}: must be an int >= 0 (pixels)")
+    region = _region(masks, cams)
+    if tolerance:
+        # a square dilation, done as two 1-D passes (rows, then columns): 2k, not k^2, per pixel
+        grown = F.max_pool2d(region.float().unsqueeze(1), (2 * tolerance + 1, 1), stride=1,
+                             padding=(tolerance, 0))
+        grown = F.max_pool2d(grown, (1, 2 * tolerance + 1), stride=1, padding=(0, tolerance))
+        region = grown.squeeze(1) > 0.5
+    region = region.flatten(1)
     flat = cams.flatten(1)
     peak = flat.argmax(dim=1, keepdim=True)
     hit = region.gather(1, peak).squeeze(1)
@@ -121,22 +191,80 @@ def border_energy(cams: Tensor, fraction: float = 0.1) -> Tensor:
     return energy_in_mask(cams, border_mask(*cams.shape[-2:], fraction, device=cams.device))
 
 
-def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+def border_lift(cams: Tensor, fraction: float = 0.1) -> Tensor:
+    """Per-sample :func:`border_energy` divided by the frame's area share (1.0 = uniform)."""
+    _check_maps(cams, "cams")
+    return lift(cams, border_mask(*cams.shape[-2:], fraction, device=cams.device))
+
+
+def location_consistency(maps: Tensor, groups: Tensor | None = None) -> Tensor:
+    """Per-sample mean correlation of its map with the other maps of its group.
+
+    Args:
+        maps: ``(N, h, w)`` non-negative maps.
+        groups: ``(N,)`` integer group of each map (e.g. the predicted class); ``None``
+            puts all maps in one group.
+
+    Returns:
+        float32 ``(N,)`` in ``[-1, 1]``; NaN for a constant map (e.g. all zero) or one
+        alone in its group (no partner to compare with): leave those out of a mean
+        (``nanmean``).
+
+    Example::
+
+        >>> corner = torch.zeros(3, 4, 4); corner[:, 0, 0] = 1.0
+        >>> [round(v, 4) for v in location_consistency(corner).tolist()]
+        [1.0, 1.0, 1.0]
+        >>> moving = torch.eye(4).view(4, 2, 2)  # one-hot maps at four places
+        >>> [round(v, 4) for v in location_consistency(moving).tolist()]
+        [-0.3333, -0.3333, -0.3333, -0.3333]
+    """
+    _check_maps(maps, "maps")
+    flat = centred_maps(maps)
+    norms = flat.norm(dim=1)
+    nonzero = norms > 0
+    units = flat / torch.where(nonzero, norms, 1.0).unsqueeze(1)
+    if groups is None:
+        groups = torch.zeros(len(maps), dtype=torch.long, device=maps.device)
+    groups = groups.to(maps.device).long()
+    same = (groups.unsqueeze(0) == groups.unsqueeze(1)) & nonzero.unsqueeze(0)
+    same.fill_diagonal_(False)
+    partners = same.sum(1)
+    similarity = ((units @ units.T) * same).sum(1)
+    valid = nonzero & (partners > 0)
+    return torch.where(valid, similarity / partners.clamp(min=1), float("nan"))
+
+
+def centred_maps(maps: Tensor) -> Tensor:
+    """Maps flattened to ``(N, h*w)`` float32 with each map's mean subtracted (the vectors
+    whose cosine is the correlation used by :func:`location_consistency`)."""
+    flat = maps.flatten(1).float()
+    centred = flat - flat.mean(1, keepdim=True)
+    # a constant map becomes exactly zero (no rounding residue), so it counts as no map
+    constant = (flat.amax(1) == flat.amin(1)).unsqueeze(1)
+    return torch.where(constant, 0.0, centred)
+
+
+def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None,
+                      tolerance: int = 0) -> dict[str, Tensor]:
     """The per-sample values the callback logs (as means), by their tag suffix.
 
-    ``border_energy``, and for each named mask ``energy_in_mask/<name>`` and
-    ``pointing_game/<name>`` (1.0 for a hit, 0.0 for a miss).
+    ``border_energy`` and ``border_lift``, and for each named mask ``area/<name>``,
+    ``energy_in_mask/<name>``, ``lift/<name>`` and ``pointing_game/<name>`` (1.0 for a
+    hit, 0.0 for a miss; the peak may be ``tolerance`` pixels outside the mask).
 
     Example::
 
         >>> cams = torch.zeros(1, 10, 10); cams[0, 0, 0] = 1.0
-        >>> {k: v.tolist() for k, v in attention_scalars(cams).items()}
-        {'border_energy': [1.0]}
+        >>> {k: round(v.item(), 3) for k, v in attention_scalars(cams).items()}
+        {'border_energy': 1.0, 'border_lift': 2.778}
     """
-    scalars = {"border_energy": border_energy(cams)}
+    scalars = {"border_energy": border_energy(cams), "border_lift": border_lift(cams)}
     for name, mask in (masks or {}).items():
+        scalars[f"area/{name}"] = area_share(cams, mask)
         scalars[f"energy_in_mask/{name}"] = energy_in_mask(cams, mask)
-        scalars[f"pointing_game/{name}"] = pointing_game(cams, mask).float()
+        scalars[f"lift/{name}"] = lift(cams, mask)
+        scalars[f"pointing_game/{name}"] = pointing_game(cams, mask, tolerance).float()
     return scalars
 
 

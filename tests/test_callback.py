@@ -219,7 +219,8 @@ def test_the_same_samples_every_time_whatever_the_loader_order(tmp_path):
 
     data = StripeData()
     data.val_dataloader = lambda: DataLoader(data.val_set, batch_size=16, shuffle=True)
-    callback = GradCAMCallback("features", num_samples=4, batch_to_input=spy_batch)
+    callback = GradCAMCallback("features", num_samples=4, batch_to_input=spy_batch,
+                               metric_samples=0)  # metric samples are re-read by design
     fit(tmp_path, [callback], max_epochs=2, data=data)
     expected = torch.stack([data.val_set[i][0] for i in range(4)])
     assert len(seen) == 1  # fetched once, then reused every run
@@ -426,7 +427,7 @@ def test_sharded_strategies_are_refused_with_a_reason():
 
 
 def test_scalars_drift_and_mask_energies_are_logged(tmp_path):
-    callback = GradCAMCallback("features", num_samples=4)
+    callback = GradCAMCallback("features", num_samples=4, metric_samples=4)
     trainer, _ = fit(tmp_path, [callback], max_epochs=3, data=ShapesData())
     prefix = "gradcam/features/"
     border = logged_scalars(trainer, prefix + "border_energy")

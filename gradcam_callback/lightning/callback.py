@@ -14,6 +14,7 @@ history from :mod:`.history`, and the pictures leave through :mod:`.sinks`.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,8 +30,9 @@ from typing_extensions import override
 
 from gradcam_callback import _checks
 from gradcam_callback.engine import explain_batch, get_method, resolve_layer
-from gradcam_callback.engine.scopes import preserved_rng_state
+from gradcam_callback.engine.scopes import eval_mode, preserved_rng_state
 from gradcam_callback.engine.transforms import check_reading
+from gradcam_callback.lightning.display import Display, choose_display
 from gradcam_callback.lightning.guard import (
     MAX_CONSECUTIVE_FAILURES,
     ON_ERROR,
@@ -46,6 +48,13 @@ from gradcam_callback.lightning.samples import (
     requested_dataloaders,
 )
 from gradcam_callback.lightning.sinks import FileSink, ImageSink, image_sinks
+from gradcam_callback.lightning.statistics import (
+    MIN_CELLS,
+    StatisticsResult,
+    collect_statistics,
+    earlier_layer,
+    parse_alarms,
+)
 from gradcam_callback.metrics import attention_scalars
 from gradcam_callback.render import (
     IMAGE_FORMATS,
@@ -61,6 +70,7 @@ from gradcam_callback.render import (
     sample_title,
     to_display,
 )
+from gradcam_callback.render.class_maps import class_maps_grid
 from gradcam_callback.render.pages import (
     check_picture_size,
     page_slices,
@@ -71,6 +81,7 @@ from gradcam_callback.render.pages import (
 __all__ = ["GradCAMCallback"]
 
 _TARGET_WORDS = ("predicted", "label", "both")
+_ALARM_ACTIONS = ("warn", "stop")
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
@@ -85,11 +96,17 @@ class GradCAMCallback(Callback):
     "input" and the CAM overlay, each column captioned with the true label, the
     predicted label and its probability, and framed in red when the prediction is wrong.
 
-    Scalars go to every logger at the same step, under ``gradcam/<layer>/``:
-    ``border_energy`` (the share of CAM mass in the outer 10% frame: borders, corner
-    patches, watermarks), ``energy_in_mask/<name>`` and ``pointing_game/<name>`` for each
-    region mask the batch provides, and from the second run on ``drift`` (against the
-    previous run) and ``drift_from_start`` (against the first); formulas in
+    Scalars go to every logger at the same step, under ``gradcam/<layer>/``, as means
+    over the first ``metric_samples`` validation samples, each with ``_std`` and
+    ``_ci95`` (see :mod:`.statistics`): ``border_lift`` and ``border_energy`` (the outer
+    10% frame: borders, corner patches, watermarks), ``location_consistency`` (needs no
+    mask), and for each region mask the batch provides ``lift/<name>`` (energy in the mask
+    / the mask's area share; 1.0 = no preference), ``area/<name>``,
+    ``energy_in_mask/<name>`` and ``pointing_game/<name>`` (within one CAM cell); from the
+    second run on ``drift`` (against the previous run) and ``drift_from_start`` (against
+    the first), from the shown samples. The same scalars reach ``trainer.callback_metrics``
+    on every rank (``EarlyStopping(monitor="gradcam/<layer>/lift/<name>")`` works), and
+    ``gradcam/<layer>/class_maps`` shows the mean map per class. Formulas in
     :mod:`gradcam_callback.metrics`. At the end of fit, ``gradcam/<layer>/filmstrip`` shows
     every sample's map across the runs in one picture.
 
@@ -156,8 +173,11 @@ class GradCAMCallback(Callback):
             for other batch formats (an import path in YAML).
         class_names: names shown instead of class indices.
         mean: per-channel mean used to normalise the inputs, to show them as they were.
-        std: per-channel std used to normalise the inputs. Without ``mean``/``std`` each
-            image is min-max scaled for display.
+        std: per-channel std used to normalise the inputs. Without ``mean``/``std`` they
+            are taken from a torchvision ``Normalize`` in the validation dataset's
+            transform when there is one; otherwise the batch is min-max scaled jointly
+            (not each image on its own, so a tint that tells classes apart stays visible).
+            One info line says which.
         colormap: any matplotlib colormap name.
         alpha: heatmap opacity in the overlay, in ``[0, 1]``.
         show_heatmap: add a row with the bare heatmaps.
@@ -192,6 +212,20 @@ class GradCAMCallback(Callback):
             pages ``<tag>/page_<k>`` (``k`` from 1).
         on_error: after the check before training, ``"warn"`` reports a failed run once
             and goes on (switching off after 3 failed runs in a row); ``"raise"`` raises.
+        metric_samples: the scalars are means over the first ``metric_samples``
+            validation samples (capped at the dataset's size), explained at every logged
+            run in chunks of ``metric_batch_size`` (under DDP each rank explains its share
+            and the sums are added), each logged with its spread (``<name>_std``,
+            ``<name>_ci95``), plus ``location_consistency`` and the ``class_maps``
+            picture. The scalars also reach ``trainer.callback_metrics`` on every rank, so
+            ``EarlyStopping``/``ModelCheckpoint`` can monitor them. ``0`` turns this off:
+            the scalars then come from the ``num_samples`` shown, to the loggers only.
+        metric_batch_size: samples per chunk (memory is set by the chunk).
+        alarms: thresholds on scalars, by tag suffix, e.g.
+            ``{"lift/watermark_mask": ">2", "location_consistency": ">=0.9"}``; when one
+            is crossed, one warning names the metric, its value and the epoch.
+        alarm_action: ``"warn"``, or ``"stop"`` to also stop training
+            (``trainer.should_stop``, the same decision on every rank).
 
     Raises:
         TypeError: an argument of the wrong type (the message names it and says what is valid).
@@ -239,6 +273,10 @@ class GradCAMCallback(Callback):
         batch_size: int = 32,
         samples_per_page: int = 16,
         on_error: Literal["warn", "raise"] = "warn",
+        metric_samples: int = 256,
+        metric_batch_size: int = 64,
+        alarms: dict[str, str] | None = None,
+        alarm_action: str = "warn",
     ) -> None:
         super().__init__()
         if target_layer is not None and not isinstance(target_layer, str):
@@ -273,6 +311,15 @@ class GradCAMCallback(Callback):
         self.samples_per_page = _checks.check_int("samples_per_page", samples_per_page,
                                                   minimum=1)
         self.on_error = _checks.check_choice("on_error", on_error, ON_ERROR)
+        self.metric_samples = _checks.check_int("metric_samples", metric_samples, minimum=0)
+        self.metric_batch_size = _checks.check_int("metric_batch_size", metric_batch_size,
+                                                   minimum=1)
+        self._alarms = parse_alarms(alarms)
+        self.alarms = dict(alarms) if alarms else {}
+        self.alarm_action = _checks.check_choice("alarm_action", alarm_action, _ALARM_ACTIONS)
+        self.last_statistics: StatisticsResult | None = None
+        self.last_class_maps: Tensor | None = None
+        self._display: Display | None = None
         self._reader = SampleReader(
             num_samples=self.num_samples,
             sample_indices=_checks.check_int_sequence("sample_indices", sample_indices),
@@ -366,13 +413,11 @@ class GradCAMCallback(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._should_skip_validation(trainer):
             return
-        self._guarded(trainer, self._run_name(trainer, "validate"), self.log_cams, trainer,
-                      pl_module, stage="validate")
+        self.log_cams(trainer, pl_module, stage="validate")
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._guarded(trainer, self._run_name(trainer, "test"), self.log_cams, trainer,
-                      pl_module, stage="test")
+        self.log_cams(trainer, pl_module, stage="test")
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -467,7 +512,10 @@ class GradCAMCallback(Callback):
         return f"the {stage} run (step {trainer.global_step})"
 
     def log_cams(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Compute and log the grid and the scalars now (rank zero only; others return).
+        """Compute and log the grid and the scalars now. Call it on every rank.
+
+        Every rank takes part in the many-sample statistics (``metric_samples``); rank zero
+        then renders and logs, under the failure policy (``on_error``).
 
         Args:
             trainer: the running trainer.
@@ -475,8 +523,31 @@ class GradCAMCallback(Callback):
             stage: ``"validate"`` or ``"test"``: whose dataloader to take samples from.
                 Validation runs during fit also extend the drift history and the filmstrip.
         """
-        if not trainer.is_global_zero:
-            return
+        statistics = self._statistics_on_every_rank(trainer, pl_module, stage)
+        self._guarded(trainer, self._run_name(trainer, stage), self._log_run, trainer,
+                      pl_module, stage, statistics)
+
+    def _statistics_on_every_rank(self, trainer: Trainer, pl_module: LightningModule,
+                                  stage: str) -> StatisticsResult | None:
+        """:meth:`_attention_statistics`, or ``None`` (reported once) if it fails.
+
+        Every rank runs it whatever the failure policy says on rank zero, so that every
+        rank takes part in its collectives.
+        """
+        try:
+            return self._attention_statistics(trainer, pl_module, stage)
+        except Exception as error:
+            if self.on_error == "raise":
+                raise
+            self._warn_once("statistics_failed", f"GradCAMCallback: the many-sample statistics "
+                            f"failed ({type(error).__name__}: {error}); the scalars of this "
+                            "run come from the samples shown. Set metric_samples=0 to turn "
+                            "them off.")
+            return None
+
+    def _log_run(self, trainer: Trainer, pl_module: LightningModule, stage: str,
+                 statistics: StatisticsResult | None) -> None:
+        """Rank zero's part of :meth:`log_cams`: explain, render, measure, log."""
         with preserved_rng_state(pl_module.device):
             self._progress("reading the samples")
             samples = self._fixed_samples(trainer, stage)
@@ -492,7 +563,9 @@ class GradCAMCallback(Callback):
             prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
             self._progress("measuring")
             primary = rows[0][1].cpu()
-            metrics = self._measure(primary, samples.masks)
+            metrics = self._scalars(primary, samples, statistics)
+            if statistics is not None:
+                self._log_class_maps(trainer, prefix, statistics)
             if stage == "validate" and trainer.state.fn == "fit":
                 metrics.update(self._history.add(primary, trainer.current_epoch,
                                                  trainer.global_step))
@@ -615,8 +688,11 @@ class GradCAMCallback(Callback):
         return target
 
     def _display_images(self, samples: FixedSamples) -> Tensor:
-        """The samples as float RGB in ``[0, 1]`` at input size (pages resize their tiles)."""
-        return to_display(samples.inputs, self.mean, self.std)
+        """The samples as float RGB in ``[0, 1]`` at input size (pages resize their tiles),
+        undoing the dataset's normalisation when it is known, else scaled jointly."""
+        display = self._display or Display(self.mean, self.std, joint=self.mean is None,
+                                           source="")
+        return to_display(samples.inputs, display.mean, display.std, joint=display.joint)
 
     def _measure(self, cams: Tensor, masks: dict[str, Tensor]) -> dict[str, float]:
         for name, mask in masks.items():
@@ -630,6 +706,130 @@ class GradCAMCallback(Callback):
                 )
         return {name: values.mean().item()
                 for name, values in attention_scalars(cams, masks).items()}
+
+    def _attention_statistics(self, trainer: Trainer, pl_module: LightningModule,
+                              stage: str) -> StatisticsResult | None:
+        """The many-sample statistics, on every rank: each rank explains its share of the
+        first ``metric_samples`` samples, the sums are added (every rank takes part), the
+        scalars go to ``trainer.callback_metrics`` and are checked against the alarms.
+        ``None`` when ``metric_samples=0``."""
+        loaders = trainer.val_dataloaders if stage == "validate" else trainer.test_dataloaders
+        loader = self._reader.dataloader(loaders, stage)
+        self._choose_display(loader)
+        total = _dataset_size(loader.dataset, self.metric_samples)
+        if not total:
+            return None
+        primary = "predicted" if self.target == "both" else self.target
+
+        def read_chunk(indices: Sequence[int]) -> tuple[Tensor, Tensor | None,
+                                                         dict[str, Tensor]]:
+            chunk = self._reader.read(loader, indices, stage, self._warn_once)
+            self._warn_empty_masks(chunk)
+            return chunk.inputs, chunk.labels, chunk.masks
+
+        device = pl_module.device
+        with preserved_rng_state(device):
+            result, layer_name = collect_statistics(
+                pl_module, read_chunk, range(trainer.global_rank, total, trainer.world_size),
+                self._layer_name, targets=lambda labels: self._targets(primary, labels),
+                chunk_size=self.metric_batch_size,
+                explain_options={"method": self.method,
+                                 "reshape_transform": self.reshape_transform,
+                                 "output_transform": self.output_transform},
+                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
+                broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
+                device=device,
+                prepare=lambda x: trainer.precision_plugin.convert_input(x.to(device)))
+        self._layer_name = layer_name or self._layer_name
+        self.last_statistics = result
+        if trainer.is_global_zero:
+            self._warn_if_coarse(pl_module, result, read_chunk)
+        prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
+        self._publish(trainer, pl_module, prefix, result.scalars)
+        self._check_alarms(trainer, result.scalars)
+        return result
+
+    def _warn_empty_masks(self, chunk: FixedSamples) -> None:
+        for name, mask in chunk.masks.items():
+            empty = (~mask.flatten(1).any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                self._warn_once(
+                    f"empty_{name}",
+                    f"GradCAMCallback: mask {name!r} is empty for samples "
+                    f"{[chunk.indices[i] for i in empty]}; their lift, energy_in_mask and "
+                    "pointing_game count as 0.")
+
+    def _choose_display(self, loader: Any) -> None:
+        if self._display is None:
+            self._display = choose_display(self.mean, self.std, getattr(loader, "dataset", None))
+            if self.mean is None:
+                rank_zero_info(f"GradCAMCallback display: {self._display.source}")
+
+    def _publish(self, trainer: Trainer, pl_module: LightningModule, prefix: str,
+                 scalars: dict[str, float]) -> None:
+        """Put the scalars into ``trainer.callback_metrics`` (not into the loggers: rank zero
+        logs them at the global step), through ``pl_module.log`` inside a hook."""
+        in_hook = getattr(pl_module, "_current_fx_name", None) is not None
+        for name, value in scalars.items():
+            if in_hook:
+                pl_module.log(prefix + name, value, logger=False, on_step=False,
+                              on_epoch=True, batch_size=1, sync_dist=False)
+            else:
+                trainer.callback_metrics[prefix + name] = torch.tensor(value)
+
+    def _check_alarms(self, trainer: Trainer, scalars: dict[str, float]) -> None:
+        for alarm in self._alarms:
+            value = scalars.get(alarm.metric)
+            if value is None:
+                close = difflib.get_close_matches(alarm.metric, list(scalars), n=3)
+                self._warn_once(
+                    f"alarm_unknown_{alarm.metric}",
+                    f"GradCAMCallback: alarms[{alarm.metric!r}]: there is no such scalar"
+                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else
+                       f"; the scalars are {', '.join(sorted(scalars))}"))
+            elif alarm.fires(value):
+                stop = self.alarm_action == "stop"
+                self._warn_once(
+                    f"alarm_{alarm.metric}",
+                    f"GradCAMCallback alarm: {alarm.metric} = {value:.4g} at epoch "
+                    f"{trainer.current_epoch} (step {trainer.global_step}) crosses "
+                    f"{alarm.describe()}" + ("; stopping training." if stop else "."))
+                if stop:
+                    trainer.should_stop = True
+
+    def _warn_if_coarse(self, pl_module: LightningModule, result: StatisticsResult,
+                        read_chunk: Callable[[Sequence[int]], Any]) -> None:
+        height, width = result.layer_size
+        if min(height, width) >= MIN_CELLS or "coarse" in self._warned:
+            return
+        inputs = read_chunk([0])[0].to(pl_module.device)
+        with preserved_rng_state(pl_module.device), eval_mode(pl_module):
+            earlier = earlier_layer(pl_module, inputs, str(self._layer_name))
+        self._warn_once(
+            "coarse",
+            f"GradCAMCallback: layer {self._layer_name!r} gives {height}x{width} maps for "
+            f"{result.input_size[0]}x{result.input_size[1]} inputs: too coarse for "
+            f"border_lift, lift and pointing_game (one cell covers {result.cell_pixels} px, "
+            "so they barely move between epochs). Explain an earlier layer"
+            + (f", e.g. target_layer={earlier!r}." if earlier else "."))
+
+    def _scalars(self, cams: Tensor, samples: FixedSamples,
+                 statistics: StatisticsResult | None) -> dict[str, float]:
+        if statistics is None:
+            return self._measure(cams, samples.masks)
+        return {**statistics.scalars, "metric_samples": float(statistics.count)}
+
+    def _log_class_maps(self, trainer: Trainer, prefix: str,
+                        statistics: StatisticsResult) -> None:
+        rows = [("by prediction", statistics.by_prediction, statistics.prediction_counts)]
+        if statistics.by_label is not None and statistics.label_counts is not None:
+            rows.append(("by label", statistics.by_label, statistics.label_counts))
+        display = self._display or Display(self.mean, self.std, joint=True, source="")
+        backdrop = to_display(statistics.mean_image.unsqueeze(0), display.mean, display.std,
+                              joint=True)[0]
+        self.last_class_maps = class_maps_grid(rows, backdrop, self.class_names,
+                                               colormap=self.colormap)
+        self._log_image(trainer, prefix + "class_maps", self.last_class_maps)
 
     def log_filmstrip(self, trainer: Trainer) -> Tensor | None:
         """Log the filmstrip of the runs so far; called at the end of fit.
@@ -816,6 +1016,15 @@ def _noted(note: str) -> Iterator[None]:
         if hasattr(error, "add_note"):
             error.add_note(note)
         raise
+
+
+def _dataset_size(dataset: Any, limit: int) -> int:
+    """How many metric samples a dataset gives: ``limit`` capped at its length (an
+    iterable dataset without a length is taken at its word)."""
+    try:
+        return min(limit, len(dataset))
+    except TypeError:
+        return limit
 
 
 def _check_target(target: object) -> str | int | Callable[[Tensor], Tensor]:

@@ -1,0 +1,152 @@
+"""Lift, area share, border lift, the tolerant pointing game, location consistency:
+each against its formula on maps and masks whose answer is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradcam_callback.metrics import (
+    area_share,
+    attention_scalars,
+    border_energy,
+    border_lift,
+    border_mask,
+    energy_in_mask,
+    lift,
+    location_consistency,
+    pointing_game,
+)
+
+
+def square_mask(size: int, top: int, left: int, side: int) -> torch.Tensor:
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def test_a_uniform_map_has_lift_one_in_every_region_whatever_its_size():
+    uniform = torch.ones(1, 56, 56)
+    for mask in (square_mask(56, 2, 2, 5), square_mask(56, 10, 10, 30), border_mask(56, 56)):
+        assert lift(uniform, mask).item() == pytest.approx(1.0)
+    assert border_lift(uniform).item() == pytest.approx(1.0)
+
+
+def test_lift_is_energy_over_area_share():
+    # the issue's case: a 0.8% watermark holding 2.5% of the mass has lift ~3.1,
+    # while a 22% digit holding 30% has lift ~1.4: raw energy ranks them the other way
+    size = 100
+    watermark = square_mask(size, 0, 0, 9)  # 81 px = 0.81%
+    digit = square_mask(size, 30, 30, 47)  # 2209 px = 22.09%
+    cams = torch.zeros(1, size, size)
+    cams[0][watermark] = 0.025 / 81
+    cams[0][digit] = 0.30 / 2209
+    cams[0][~(watermark | digit)] = 0.675 / (size * size - 81 - 2209)
+    assert energy_in_mask(cams, watermark).item() == pytest.approx(0.025, rel=1e-4)
+    assert area_share(cams, watermark).item() == pytest.approx(0.0081)
+    assert lift(cams, watermark).item() == pytest.approx(0.025 / 0.0081, rel=1e-4)
+    assert lift(cams, digit).item() == pytest.approx(0.30 / 0.2209, rel=1e-4)
+    assert lift(cams, watermark).item() > 2 > lift(cams, digit).item()
+
+
+def test_lift_of_all_mass_in_the_mask_is_the_inverse_area_and_zero_outside():
+    cams = torch.zeros(2, 10, 10)
+    cams[0, 0, 0] = 1.0
+    cams[1, 9, 9] = 1.0
+    mask = square_mask(10, 0, 0, 2)  # 4% of the image
+    assert lift(cams, mask).tolist() == pytest.approx([25.0, 0.0])
+
+
+def test_lift_is_zero_not_nan_for_empty_masks_and_zero_maps():
+    cams = torch.rand(2, 8, 8)
+    cams[1] = 0
+    values = lift(cams, torch.zeros(8, 8, dtype=torch.bool))
+    assert values.tolist() == [0.0, 0.0]
+    assert lift(cams, square_mask(8, 0, 0, 2))[1].item() == 0.0
+
+
+def test_area_share_per_sample_masks_and_resizing():
+    masks = torch.stack([square_mask(8, 0, 0, 4), square_mask(8, 0, 0, 2)])
+    assert area_share(torch.zeros(2, 8, 8), masks).tolist() == [0.25, 0.0625]
+    # a 16x16 map: the 8x8 mask is resized with nearest neighbours, same share
+    assert area_share(torch.zeros(2, 16, 16), masks).tolist() == [0.25, 0.0625]
+
+
+def test_border_lift_is_border_energy_over_the_frame_area():
+    cams = torch.rand(3, 20, 20)
+    frame = border_mask(20, 20).float().mean().item()  # 2 px of 20 on each side: 0.36
+    assert frame == pytest.approx(0.36)
+    torch.testing.assert_close(border_lift(cams), border_energy(cams) / frame)
+
+
+def test_pointing_game_tolerance_counts_a_peak_one_cell_away():
+    # a tight 2x2 mask in the corner; the map peaks two pixels inward (one 2-px cell)
+    mask = square_mask(12, 0, 0, 2)
+    cams = torch.zeros(1, 12, 12)
+    cams[0, 3, 3] = 1.0
+    assert pointing_game(cams, mask).tolist() == [False]
+    assert pointing_game(cams, mask, tolerance=1).tolist() == [False]  # (3,3) is 2 px away
+    assert pointing_game(cams, mask, tolerance=2).tolist() == [True]
+    cams[0, 3, 3], cams[0, 6, 6] = 0.0, 1.0
+    assert pointing_game(cams, mask, tolerance=2).tolist() == [False]  # 5 px away
+    assert pointing_game(torch.zeros(1, 12, 12), mask, tolerance=3).tolist() == [False]
+    with pytest.raises(ValueError, match="tolerance=-1"):
+        pointing_game(cams, mask, tolerance=-1)
+
+
+def test_attention_scalars_names_and_values():
+    cams = torch.zeros(2, 10, 10)
+    cams[:, 0, 0] = 1.0
+    mask = square_mask(10, 0, 0, 5)
+    scalars = attention_scalars(cams, {"corner_mask": mask}, tolerance=1)
+    assert sorted(scalars) == ["area/corner_mask", "border_energy", "border_lift",
+                               "energy_in_mask/corner_mask", "lift/corner_mask",
+                               "pointing_game/corner_mask"]
+    assert scalars["area/corner_mask"].tolist() == [0.25, 0.25]
+    assert scalars["lift/corner_mask"].tolist() == [4.0, 4.0]
+    assert scalars["border_lift"].tolist() == pytest.approx([1 / 0.36] * 2)
+
+
+def test_location_consistency_is_the_mean_correlation_within_groups():
+    same_place = torch.zeros(4, 6, 6)
+    same_place[:, 0, 0] = 1.0
+    same_place[2:, 0, 0] = 3.0  # scale does not matter
+    same_place[3] += 0.5  # nor does an offset
+    assert location_consistency(same_place).tolist() == pytest.approx([1.0] * 4)
+    disjoint = torch.zeros(4, 6, 6)
+    for i in range(4):
+        disjoint[i, i, i] = 1.0
+    # one-hot maps of 36 pixels at different places: correlation -1/35
+    assert location_consistency(disjoint).tolist() == pytest.approx([-1 / 35] * 4)
+    # two groups: within a group the maps agree, across groups they do not
+    mixed = torch.zeros(4, 6, 6)
+    mixed[:2, 0, 0] = 1.0
+    mixed[2:, 5, 5] = 1.0
+    groups = torch.tensor([0, 0, 1, 1])
+    assert location_consistency(mixed, groups).tolist() == pytest.approx([1.0] * 4)
+    assert location_consistency(mixed).tolist() == pytest.approx([(1 - 2 / 35) / 3] * 4)
+
+
+def test_diffuse_maps_at_different_places_are_not_consistent_though_their_cosine_is_high():
+    g = torch.Generator().manual_seed(0)
+    base = 0.6 + 0.1 * torch.rand(6, 16, 16, generator=g)  # diffuse, non-negative
+    for i in range(6):
+        base[i, (i % 3) * 5 : (i % 3) * 5 + 3, (i // 3) * 8 : (i // 3) * 8 + 3] += 0.5
+    cosine = torch.nn.functional.cosine_similarity(base[0].flatten(), base[1].flatten(), 0)
+    assert cosine > 0.9
+    assert location_consistency(base).mean().item() < 0.05
+
+
+def test_location_consistency_known_partial_overlap_and_lonely_maps():
+    a = torch.zeros(1, 2, 2)
+    a[0, 0, 0] = 1.0
+    b = torch.zeros(1, 2, 2)
+    b[0, 0, 0] = b[0, 0, 1] = 1.0  # centred: a = (.75,-.25,-.25,-.25), b = (.5,.5,-.5,-.5)
+    values = location_consistency(torch.cat([a, b, torch.zeros(1, 2, 2), a]),
+                                  torch.tensor([0, 0, 0, 1]))
+    expected = (0.375 - 0.125 + 0.125 + 0.125) / (math.sqrt(0.75) * 1.0)
+    assert values[0].item() == pytest.approx(expected)
+    assert values[1].item() == pytest.approx(expected)
+    assert math.isnan(values[2].item()) and math.isnan(values[3].item())  # constant / alone
