@@ -25,6 +25,22 @@ from gradcam_callback.lightning.statistics import StatisticsResult
 class StateMixin:
     """The fixed samples of each stage, and the checkpointed state."""
 
+    @property
+    def samples(self) -> FixedSamples | None:
+        """The fixed validation samples (``indices``, ``inputs``, ``labels``, ``masks``),
+        or ``None`` before the first run."""
+        return self._samples.get("validate")
+
+    @property
+    def history(self) -> History:
+        """The maps of every logged validation run (``epochs``, ``steps``, ``maps``)."""
+        return self._history
+
+    @property
+    def layer_name(self) -> str | None:
+        """The layer explained: ``target_layer``, or the one chosen automatically."""
+        return self._layer_name
+
     def _init_run_state(self) -> None:
         """What the callback learns while it runs (nothing of it is an option)."""
         self.last_metrics: dict[str, float] = {}

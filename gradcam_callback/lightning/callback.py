@@ -93,10 +93,8 @@ from gradcam_callback.lightning._explaining import ExplainingMixin
 from gradcam_callback.lightning._pictures import PicturesMixin
 from gradcam_callback.lightning._safety import SafetyMixin
 from gradcam_callback.lightning._state import StateMixin
-from gradcam_callback.lightning.history import History
 from gradcam_callback.lightning.options import validated_options
 from gradcam_callback.lightning.samples import (
-    FixedSamples,
     SampleReader,
 )
 from gradcam_callback.lightning.statistics import (
@@ -237,22 +235,6 @@ class GradCAMCallback(PicturesMixin, AttentionMixin, SafetyMixin, StateMixin, Ex
         return self._generate_state_key(
             target_layer=self.target_layer or "auto", method=self.method, target=target
         )
-
-    @property
-    def samples(self) -> FixedSamples | None:
-        """The fixed validation samples (``indices``, ``inputs``, ``labels``, ``masks``),
-        or ``None`` before the first run."""
-        return self._samples.get("validate")
-
-    @property
-    def history(self) -> History:
-        """The maps of every logged validation run (``epochs``, ``steps``, ``maps``)."""
-        return self._history
-
-    @property
-    def layer_name(self) -> str | None:
-        """The layer explained: ``target_layer``, or the one chosen automatically."""
-        return self._layer_name
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
