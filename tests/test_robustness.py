@@ -627,7 +627,8 @@ def test_validate_after_fit_reads_the_new_data_not_fits(tmp_path):
 def test_a_fit_after_validate_checks_the_fits_data_not_the_earlier_validates(tmp_path):
     callback = GradCAMCallback("features", num_samples=2)
     trainer = Trainer(max_epochs=1, logger=False, callbacks=[callback],
-                      num_sanity_val_steps=0, enable_checkpointing=False, **QUIET)
+                      num_sanity_val_steps=0, enable_checkpointing=False,
+                      default_root_dir=tmp_path, **QUIET)  # its pictures: not into the cwd
     other = StripeData()
     other.val_set = StripeDataset(24, seed=55)
     trainer.validate(LitTiny(), other)
