@@ -74,7 +74,8 @@ REJECTED = [
     ({"image_dir": 3}, TypeError, r"image_dir=3: must be a directory path"),
     ({"input_key": ""}, ValueError, r"input_key='': must be a non-empty string"),
     ({"label_key": 1}, TypeError, r"label_key=1: must be a string"),
-    ({"reshape_transform": "swin"}, ValueError, r"reshape_transform='swin': valid readings are 'auto'"),
+    ({"reshape_transform": "swin"}, ValueError,
+     r"reshape_transform='swin': valid readings are 'auto'"),
     ({"target_layer": 3}, TypeError, r"target_layer=3: pass the layer's dotted name"),
 ]
 

@@ -278,7 +278,9 @@ def test_a_csv_logger_gets_image_files_in_its_own_run_directory_without_a_warnin
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")
                    if p.suffix in (".jpg", ".png", ".gif"))
     folder = "csv/version_0/gradcam/"
-    assert files == [folder + "features_filmstrip_step0000012.jpg",
+    assert files == [folder + "features_class_maps_step0000006.jpg",  # metric_samples default
+                     folder + "features_class_maps_step0000012.jpg",
+                     folder + "features_filmstrip_step0000012.jpg",
                      folder + "features_overlay_step0000006.jpg",
                      folder + "features_overlay_step0000012.jpg"]
     with Image.open(tmp_path / folder / "features_overlay_step0000012.jpg") as jpg:
@@ -294,6 +296,7 @@ def test_no_logger_writes_pictures_into_a_folder_of_its_own(tmp_path, monkeypatc
     fit(tmp_path / "run", [callback], max_epochs=2, logger=False, enable_checkpointing=False)
     folder = tmp_path / "run" / "gradcam" / "version_0"
     assert sorted(p.name for p in folder.iterdir()) == [
+        "features_class_maps_step0000006.jpg", "features_class_maps_step0000012.jpg",
         "features_filmstrip_step0000012.jpg", "features_overlay_step0000006.jpg",
         "features_overlay_step0000012.jpg", "features_sample0.gif", "features_sample1.gif"]
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -316,7 +319,8 @@ def test_image_dir_gets_every_picture_as_a_file_beside_tensorboard(tmp_path):
     folder = tmp_path / "pictures" / "version_0"  # a folder per run: runs never overwrite
     assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["version_0"]
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["features_filmstrip_step0000012.png", "features_overlay_step0000006.png",
+    assert names == ["features_class_maps_step0000006.png", "features_class_maps_step0000012.png",
+                     "features_filmstrip_step0000012.png", "features_overlay_step0000006.png",
                      "features_overlay_step0000012.png", "features_sample0.gif",
                      "features_sample1.gif"]
     with Image.open(folder / "features_overlay_step0000012.png") as png:
@@ -387,7 +391,7 @@ def test_two_layers_coexist_and_resume_from_a_weights_only_checkpoint(tmp_path):
         ({"max_image_size": 4}, ValueError, r"^max_image_size=4: must be an int >= 16 or None"),
         ({"target_layer": 3}, TypeError, r"^target_layer=3: pass the layer's dotted name"),
         ({"reshape_transform": "swin"}, ValueError,
-         r"^reshape_transform='swin': pass a callable, 'vit'"),
+         r"^reshape_transform='swin': valid readings are 'auto'.*'vit'.*or a callable"),
         ({"filmstrip_max": 1}, ValueError, r"^filmstrip_max=1: must be an int >= 2"),
         ({"show_heatmap": 1}, TypeError, r"^show_heatmap=1: must be True or False, got int"),
         ({"image_dir": 3}, TypeError, r"^image_dir=3: must be a directory path"),

@@ -51,7 +51,8 @@ def test_configured_from_yaml(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
     events.Reload()
-    assert sorted(events.Tags()["images"]) == ["gradcam/features/filmstrip",
+    assert sorted(events.Tags()["images"]) == ["gradcam/features/class_maps",  # metric_samples
+                                               "gradcam/features/filmstrip",
                                                "gradcam/features/overlay"]
 
 

@@ -26,6 +26,7 @@ from gradcam_callback import GradCAMCallback, compute_cam
 from gradcam_callback.lightning.history import History, evenly_spaced
 from gradcam_callback.ops import resize_maps
 from gradcam_callback.render import annotated_grid, filmstrip, overlay, prediction_captions
+from gradcam_callback.render.captions import run_header
 from gradcam_callback.render.grid import GAP, WRONG
 from tests.lit_helpers import CLASS_NAMES, LitTiny, StripeData
 
@@ -35,6 +36,7 @@ QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "log_every
 MEAN, STD = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), 0.1
 TILE = 128  # 32 px inputs are shown upscaled (nearest) to 128 px
 LINE_H = 13 + 4  # the grid's default font size, plus spacing
+HEADER = run_header(0, 0)  # trainer.validate before any training: "epoch 0 · step 0"
 
 
 @pytest.fixture(autouse=True)
@@ -58,9 +60,11 @@ def decode(event) -> torch.Tensor:
 class Layout:
     """Where the tiles of an annotated grid are (the geometry of ``annotated_grid``)."""
 
-    def __init__(self, grid: torch.Tensor, columns: int, caption_lines: int) -> None:
+    def __init__(self, grid: torch.Tensor, columns: int, caption_lines: int,
+                 header: bool = True) -> None:
         self.grid = grid
-        self.caption_h = GAP + LINE_H * caption_lines
+        self.header_h = LINE_H + 2 * GAP if header else 0  # the "epoch N · step S" line
+        self.caption_h = self.header_h + GAP + LINE_H * caption_lines
         self.col_w = TILE + 2 * GAP
         self.title_w = grid.shape[2] - columns * self.col_w
 
@@ -188,7 +192,8 @@ def test_the_logged_captions_are_the_class_names(validated):
     def band(names: list[str]) -> torch.Tensor:
         captions = [[f"true: {names[label]}", f"pred: {names[0]} {p:.2f}"]
                     for label, p in zip(labels, probabilities.tolist(), strict=True)]
-        return Layout(annotated_grid(rows, titles, captions, wrong), 6, 2).caption_band()
+        return Layout(annotated_grid(rows, titles, captions, wrong, header=HEADER), 6,
+                      2).caption_band()
 
     logged = validated.layout.caption_band()
     assert torch.equal(logged, band(CLASS_NAMES))
@@ -207,7 +212,7 @@ def test_the_whole_grid_is_the_one_rebuilt_from_the_formulas(validated):
         display_tiles(inputs),
         [("Grad-CAM (predicted)", compute_cam(validated.model, inputs, "features")),
          ("Grad-CAM (label)", compute_cam(validated.model, inputs, "features", labels))],
-        captions, [label != 0 for label in labels.tolist()])
+        captions, [label != 0 for label in labels.tolist()], header=HEADER)
     assert expected.shape == validated.grid.shape
     assert_pictures_equal(validated.grid, expected)
 
@@ -237,8 +242,9 @@ def test_the_filmstrip_keeps_evenly_spaced_runs_first_and_last(validated, runs, 
     row_titles = [f"#{index} {CLASS_NAMES[label]}"
                   for index, label in zip(validated.samples.indices, validated.labels.tolist(),
                                           strict=True)]
+    header = f"filmstrip · epochs 0-{10 * (runs - 1)} · step {validated.trainer.global_step}"
     expected = filmstrip(display_tiles(inputs), kept_maps, [f"epoch {10 * r}" for r in kept],
-                         row_titles)
+                         row_titles, header=header)
     assert strip.shape == expected.shape  # one column per kept run, plus the input
     assert_pictures_equal(strip, expected)
 
@@ -311,10 +317,18 @@ def test_with_lightnings_defaults_only_tensorboard_and_checkpoint_files_appear(
     assert len(logged_images(str(tmp_path / run), "gradcam/features/overlay")) == 2
 
 
-def test_without_loggers_a_run_writes_only_lightnings_checkpoint(tmp_path, monkeypatch):
+def test_without_loggers_a_run_writes_its_checkpoint_and_a_picture_folder_of_its_own(
+        tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     callback = GradCAMCallback(num_samples=2, save_gif=True)
-    with pytest.warns(UserWarning, match="no logger can show pictures"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the pictures have a place: no warning
+        warnings.filterwarnings("ignore", message=".*(num_workers|LeafSpec|logging interval).*")
         small_fit(callback, logger=False)
-    assert files_under(tmp_path) == ["checkpoints/epoch=1-step=4.ckpt"]
+    run = "gradcam/version_0/features_"  # <default_root_dir>/gradcam/version_<n>
+    assert files_under(tmp_path) == [
+        "checkpoints/epoch=1-step=4.ckpt",
+        f"{run}class_maps_step0000002.jpg", f"{run}class_maps_step0000004.jpg",  # metric_samples
+        f"{run}filmstrip_step0000004.jpg", f"{run}overlay_step0000002.jpg",
+        f"{run}overlay_step0000004.jpg", f"{run}sample0.gif", f"{run}sample1.gif"]
     assert callback.last_grid is not None and len(callback.history) == 2

@@ -28,15 +28,19 @@ def test_ddp_two_cpu_processes_log_once_per_validation_run(tmp_path):
     run_ddp(tmp_path, "tensorboard")
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
     events.Reload()
-    assert sorted(events.Tags()["images"]) == ["gradcam/features/filmstrip",
+    assert sorted(events.Tags()["images"]) == ["gradcam/features/class_maps",  # metric_samples
+                                               "gradcam/features/filmstrip",
                                                "gradcam/features/overlay"]
     steps = [e.step for e in events.Images("gradcam/features/overlay")]
     assert steps == [3, 6]  # 96 samples / 2 ranks / 16 per batch: one image per run, no repeats
+    assert [e.step for e in events.Images("gradcam/features/class_maps")] == [3, 6]
 
 
 @pytest.mark.slow
 def test_ddp_with_image_dir_and_no_logger_writes_each_file_once_and_does_not_hang(tmp_path):
     run_ddp(tmp_path, "none")  # trainer.log_dir is a collective: a rank-zero-only call would hang
-    files = sorted(p.name for p in (tmp_path / "gradcam").glob("*.*"))
-    assert files == ["features_filmstrip_step0000006.jpg", "features_overlay_step0000003.jpg",
+    assert [p.name for p in (tmp_path / "gradcam").iterdir()] == ["version_0"]  # one run folder
+    files = sorted(p.name for p in (tmp_path / "gradcam" / "version_0").glob("*.*"))
+    assert files == ["features_class_maps_step0000003.jpg", "features_class_maps_step0000006.jpg",
+                     "features_filmstrip_step0000006.jpg", "features_overlay_step0000003.jpg",
                      "features_overlay_step0000006.jpg"]

@@ -148,6 +148,7 @@ def test_csv_logger_rows_carry_their_epoch_and_pictures_are_in_the_run_folder(tm
         callback.last_metrics["gradcam/features/border_energy"], abs=1e-6)
     folder = Path(logger.log_dir) / "gradcam"
     assert sorted(p.name for p in folder.iterdir()) == [
+        "features_class_maps_step0000006.jpg", "features_class_maps_step0000012.jpg",
         "features_filmstrip_step0000012.jpg", "features_overlay_step0000006.jpg",
         "features_overlay_step0000012.jpg"]
     last = read_picture(folder / "features_overlay_step0000012.jpg")
@@ -166,8 +167,10 @@ def test_two_runs_without_logger_never_overwrite_each_other(tmp_path):
     fit(tmp_path / "b", False, max_epochs=2, image_dir=str(images))
     first, second = images / "version_0", images / "version_1"
     assert sorted(p.name for p in first.iterdir()) == [
-        "features_filmstrip_step0000006.png", "features_overlay_step0000006.png"]
+        "features_class_maps_step0000006.png", "features_filmstrip_step0000006.png",
+        "features_overlay_step0000006.png"]
     assert sorted(p.name for p in second.iterdir()) == [
+        "features_class_maps_step0000006.png", "features_class_maps_step0000012.png",
         "features_filmstrip_step0000012.png", "features_overlay_step0000006.png",
         "features_overlay_step0000012.png"]
     assert header_of(read_picture(second / "features_overlay_step0000012.png"),
@@ -351,9 +354,11 @@ class SilentLogger(RecordingLogger):
 def test_any_logger_with_log_image_gets_the_pictures_and_epoch_with_the_scalars(tmp_path):
     logger = RecordingLogger()
     _, callback = fit(tmp_path, logger)
+    class_maps = "gradcam/features/class_maps"  # metric_samples default
     assert [(key, step) for key, step, _ in logger.images] == [
-        (OVERLAY, 6), (OVERLAY, 12), ("gradcam/features/filmstrip", 12)]
-    assert torch.equal(as_tensor(logger.images[1][2]), callback.last_grid)
+        (class_maps, 6), (OVERLAY, 6), (class_maps, 12), (OVERLAY, 12),
+        ("gradcam/features/filmstrip", 12)]
+    assert torch.equal(as_tensor(logger.images[3][2]), callback.last_grid)
     ours = [(step, m) for step, m in logger.metrics if "gradcam/features/border_energy" in m]
     assert [(step, m["epoch"]) for step, m in ours] == [(6, 0), (12, 1)]
     assert not (tmp_path / "gradcam").exists()
@@ -429,7 +434,7 @@ def test_filmstrip_rows_name_the_class_from_the_dataset(tmp_path):
     samples = callback.samples
     expected_rows = [f"#{i} {CLASS_NAMES[int(label)]}" for i, label in
                      zip(samples.indices, samples.labels, strict=True)]
-    images = to_display(samples.inputs, None, None)
+    images = to_display(samples.inputs, None, None, joint=True)  # no Normalize: batch min-max
     expected = filmstrip(resize_tiles(images, 256), callback.history.maps,
                          ["epoch 0", "epoch 1"], expected_rows,
                          header=f"filmstrip · epochs 0-1 · step {trainer.global_step}")

@@ -252,7 +252,9 @@ def test_soft_masks_use_one_threshold_of_one_half():
 def test_a_file_in_place_of_the_image_folder_is_reported_once_and_training_goes_on(tmp_path):
     blocker = tmp_path / "pictures"
     blocker.write_text("not a folder")
-    callback = GradCAMCallback("features", num_samples=2, image_dir=str(blocker))
+    # metric_samples=0: no class-maps picture, so the writes counted are grids and filmstrip
+    callback = GradCAMCallback("features", num_samples=2, image_dir=str(blocker),
+                               metric_samples=0)
     with pytest.warns(UserWarning) as record:
         trainer, _ = fit(tmp_path, [callback], max_epochs=2)
     assert trainer.current_epoch == 2  # trained to the end
@@ -268,7 +270,8 @@ def test_a_file_in_place_of_the_image_folder_is_reported_once_and_training_goes_
 
 def test_a_full_disk_switches_the_callback_off_after_three_failed_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(sinks.FileSink, "path_for", lambda self, tag, step: Path("/dev/full"))
-    callback = GradCAMCallback("features", num_samples=2, image_dir=str(tmp_path / "files"))
+    callback = GradCAMCallback("features", num_samples=2, image_dir=str(tmp_path / "files"),
+                               metric_samples=0)  # failures counted: one per grid write
     with pytest.warns(UserWarning) as record:
         trainer, _ = fit(tmp_path, [callback], max_epochs=5)
     assert trainer.current_epoch == 5
@@ -437,8 +440,9 @@ class BatchSpy(LitTiny):
 
 def test_cams_are_computed_in_chunks_of_batch_size(tmp_path):
     model = BatchSpy()
-    chunked = GradCAMCallback("features", num_samples=10, batch_size=4)
-    whole = GradCAMCallback("features.4", num_samples=10, batch_size=32)
+    # metric_samples=0: the statistics' own forwards (metric_batch_size) are not counted here
+    chunked = GradCAMCallback("features", num_samples=10, batch_size=4, metric_samples=0)
+    whole = GradCAMCallback("features.4", num_samples=10, batch_size=32, metric_samples=0)
     fit(tmp_path, [chunked, whole], max_epochs=1, model=model, num_sanity_val_steps=0)
     # chunked: check before training + the run; whole: the same, one forward each
     assert sorted(model.cam_batches) == sorted([4, 4, 2, 10] * 2)
@@ -455,7 +459,8 @@ def test_pages_split_samples_under_the_limits():
 
 
 def test_more_samples_than_a_page_are_logged_as_pages(tmp_path):
-    callback = GradCAMCallback("features", num_samples=5, samples_per_page=2)
+    # metric_samples=0: no class-maps picture among the tags counted
+    callback = GradCAMCallback("features", num_samples=5, samples_per_page=2, metric_samples=0)
     trainer, _ = fit(tmp_path, [callback], max_epochs=1)
     tags = image_tags(trainer)
     assert tags == [f"gradcam/features/filmstrip/page_{k}" for k in (1, 2, 3)] + [
@@ -463,7 +468,7 @@ def test_more_samples_than_a_page_are_logged_as_pages(tmp_path):
     widths = [images(trainer, f"{TAG}/page_{k}")[0].width for k in (1, 2, 3)]
     column = widths[0] - widths[2]  # pages 1 and 2 hold 2 columns, page 3 one
     assert widths[0] == widths[1] and column >= 128
-    single = GradCAMCallback("features", num_samples=2)
+    single = GradCAMCallback("features", num_samples=2, metric_samples=0)
     trainer, _ = fit(tmp_path / "one", [single], max_epochs=1)
     assert image_tags(trainer) == ["gradcam/features/filmstrip", TAG]
     assert images(trainer)[0].width == widths[0]  # a page of 2 is the grid of 2
@@ -622,7 +627,8 @@ def test_validate_after_fit_reads_the_new_data_not_fits(tmp_path):
 def test_a_fit_after_validate_checks_the_fits_data_not_the_earlier_validates(tmp_path):
     callback = GradCAMCallback("features", num_samples=2)
     trainer = Trainer(max_epochs=1, logger=False, callbacks=[callback],
-                      num_sanity_val_steps=0, enable_checkpointing=False, **QUIET)
+                      num_sanity_val_steps=0, enable_checkpointing=False,
+                      default_root_dir=tmp_path, **QUIET)  # its pictures: not into the cwd
     other = StripeData()
     other.val_set = StripeDataset(24, seed=55)
     trainer.validate(LitTiny(), other)

@@ -296,7 +296,12 @@ def _first_reached(candidates: list[tuple[str, Tensor, Reading]], output: Any,
     so the backward goes little further than the candidate that wins (a CNN's last block:
     through the head only), not down to the input.
     """
-    scores = select_scores(targets, logits_from_output(output, output_transform))
+    try:
+        scores = select_scores(targets, logits_from_output(output, output_transform))
+    except ValueError:
+        # no score can be formed (e.g. targets=None on a segmentation-style (N, K, H, W)
+        # output): choose by shape alone; the CAM itself then reports the targets error
+        return candidates[0][0], candidates[0][2]
     tracked = [(name, out, reading) for name, out, reading in candidates if out.requires_grad]
     if not scores.requires_grad or not tracked:
         return candidates[0][0], candidates[0][2]  # no gradients to tell: the last one

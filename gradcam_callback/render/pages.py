@@ -29,7 +29,7 @@ def samples_per_page(per_page: int, tile_width: int, image_format: str = "jpeg")
     Example::
 
         >>> samples_per_page(16, 128), samples_per_page(1000, 128)
-        (16, 467)
+        (16, 465)
     """
     check_int("per_page", per_page, minimum=1)
     check_choice("image_format", image_format, IMAGE_FORMATS)
