@@ -33,8 +33,11 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
+# Two workers on two cores: the suite is full of subprocess starts and small models.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/shortcut_learning.py --out $(DEMO_OUT)

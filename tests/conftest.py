@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-torch.set_num_threads(2)
+# Two cores: one thread per xdist worker (make test runs two), both without xdist.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 class TinyCNN(nn.Module):

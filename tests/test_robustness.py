@@ -192,7 +192,7 @@ def test_the_check_also_runs_after_a_sanity_check_and_before_training(tmp_path):
 def test_the_check_runs_before_validate_and_test_batches(tmp_path, stage):
     steps = Steps()
     trainer = Trainer(logger=False, callbacks=[steps, GradCAMCallback("features", target=5)],
-                      **QUIET)
+                      default_root_dir=tmp_path, **QUIET)
     with pytest.raises(ValueError, match="target class 5 is out of range"):
         getattr(trainer, stage)(LitTiny(), StripeData())
     assert steps.val == 0
