@@ -161,16 +161,18 @@ def pointing_game(cams: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
     if tolerance < 0:
         raise ValueError(f"tolerance={tolerance}: must be an int >= 0 (pixels)")
     region = _region(masks, cams)
-    if tolerance:
-        # a square dilation, done as two 1-D passes (rows, then columns): 2k, not k^2, per pixel
-        grown = F.max_pool2d(region.float().unsqueeze(1), (2 * tolerance + 1, 1), stride=1,
-                             padding=(tolerance, 0))
-        grown = F.max_pool2d(grown, (1, 2 * tolerance + 1), stride=1, padding=(0, tolerance))
-        region = grown.squeeze(1) > 0.5
-    region = region.flatten(1)
+    height, width = cams.shape[-2:]
     flat = cams.flatten(1)
-    peak = flat.argmax(dim=1, keepdim=True)
-    hit = region.gather(1, peak).squeeze(1)
+    peak = flat.argmax(dim=1)
+    if tolerance:
+        # only the peak's (2t+1)^2 neighbourhood is looked at: a row band and a column band
+        # around it, crossed (no dilation of the whole mask)
+        rows = (torch.arange(height, device=cams.device) - (peak // width).unsqueeze(1)).abs()
+        cols = (torch.arange(width, device=cams.device) - (peak % width).unsqueeze(1)).abs()
+        near = (rows <= tolerance).unsqueeze(2) & (cols <= tolerance).unsqueeze(1)
+        hit = (region & near).flatten(1).any(dim=1)
+    else:
+        hit = region.flatten(1).gather(1, peak.unsqueeze(1)).squeeze(1)
     return hit & (flat.amax(dim=1) > 0)
 
 

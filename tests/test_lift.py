@@ -96,6 +96,23 @@ def test_pointing_game_tolerance_counts_a_peak_one_cell_away():
         pointing_game(cams, mask, tolerance=-1)
 
 
+def test_pointing_game_tolerance_is_the_square_around_the_peak_on_non_square_maps():
+    """Against the definition, cell by cell: a hit when any mask pixel lies within
+    ``tolerance`` rows *and* columns of the peak (peaks at edges and corners included)."""
+    g = torch.Generator().manual_seed(0)
+    cams = torch.rand(40, 7, 11, generator=g)
+    masks = torch.rand(40, 7, 11, generator=g) > 0.93
+    for tolerance in (0, 1, 2, 4):
+        expected = []
+        for cam, mask in zip(cams, masks, strict=True):
+            y, x = divmod(int(cam.flatten().argmax()), cam.shape[1])
+            window = mask[max(0, y - tolerance) : y + tolerance + 1,
+                          max(0, x - tolerance) : x + tolerance + 1]
+            expected.append(bool(window.any()))
+        assert pointing_game(cams, masks, tolerance).tolist() == expected
+        assert 0 < sum(expected) < len(expected)  # both outcomes occur
+
+
 def test_attention_scalars_names_and_values():
     cams = torch.zeros(2, 10, 10)
     cams[:, 0, 0] = 1.0

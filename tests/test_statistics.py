@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,101 @@ def test_two_gloo_ranks_with_uneven_shares_give_the_one_process_numbers(tmp_path
         assert got["count"] == 9
         assert got["scalars"] == pytest.approx(single.scalars, abs=1e-5)
         torch.testing.assert_close(got["by_prediction"], single.by_prediction)
+
+
+def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 1 cannot read its share; both ranks must leave the statistics together."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    data = ShortcutShapes(9, image_size=32, seed=3)
+    read = reader(data)
+
+    def read_or_fail(indices):
+        if rank == 1:
+            raise ValueError("rank 1 cannot read its samples")
+        return read(indices)
+
+    def reduce_sum(t):
+        dist.all_reduce(t)
+        return t
+
+    def broadcast(obj):
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    try:
+        collect_statistics(Tiny(), read_or_fail, range(rank, 9, world), "features",
+                           chunk_size=2, reduce_sum=reduce_sum, broadcast=broadcast)
+        outcome = "returned"
+    except Exception as error:
+        outcome = f"{type(error).__name__}: {error}"
+    step = torch.tensor([float(rank + 1)])
+    dist.all_reduce(step)  # both ranks are still in step: the next collective adds up
+    Path(out, f"rank{rank}.txt").write_text(f"{outcome}\n{step.item()}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_rank_whose_statistics_fail_takes_the_other_rank_with_it_and_nothing_hangs(tmp_path):
+    port = 29500 + (os.getpid() + 500) % 1000
+    context = mp.spawn(_failing_worker, args=(2, port, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    finished = False  # join() returns as soon as one process ends: wait for both
+    while not finished and time.monotonic() < deadline:
+        finished = context.join(timeout=max(1.0, deadline - time.monotonic()))
+    if not finished:
+        for process in context.processes:
+            process.kill()
+    assert finished, "a rank hung in the statistics' collectives"
+    outcome = {r: (tmp_path / f"rank{r}.txt").read_text().splitlines() for r in (0, 1)}
+    assert outcome[1] == ["ValueError: rank 1 cannot read its samples", "3.0"]
+    assert outcome[0][0].startswith("RankFailed: the statistics failed on 1 other rank(s)")
+    assert outcome[0][1] == "3.0"
+
+
+def test_the_ranks_agree_on_failure_before_any_sum():
+    """One collective comes first: the share of ranks that failed. A failing rank reports
+    itself there and raises its own error; a rank told of another's failure raises
+    RankFailed; neither goes on to the sums (which the other rank would never join)."""
+    from gradcam_callback.lightning.statistics import RankFailed
+
+    data = ShortcutShapes(4, image_size=32, seed=3)
+    seen: list[list[float]] = []
+
+    def collectives(others_failed: float):
+        def reduce_sum(t):
+            seen.append(t.tolist())
+            return t + others_failed if len(seen) == 1 else t
+
+        def broadcast(obj):
+            seen.append(["broadcast"])
+            return obj
+
+        return reduce_sum, broadcast
+
+    def broken(indices):
+        raise OSError("disk gone")
+
+    reduce_sum, broadcast = collectives(0.0)
+    with pytest.raises(OSError, match="disk gone"):
+        collect_statistics(Tiny(), broken, range(4), "features", reduce_sum=reduce_sum,
+                           broadcast=broadcast)
+    assert seen == [[1.0]]
+
+    seen.clear()
+    reduce_sum, broadcast = collectives(1.0)
+    with pytest.raises(RankFailed, match="1 other rank"):
+        collect_statistics(Tiny(), reader(data), range(4), "features", reduce_sum=reduce_sum,
+                           broadcast=broadcast)
+    assert seen == [[0.0]]
+
+    seen.clear()
+    reduce_sum, broadcast = collectives(0.0)
+    result, _ = collect_statistics(Tiny(), reader(data), range(4), "features",
+                                   reduce_sum=reduce_sum, broadcast=broadcast)
+    assert seen[0] == [0.0] and seen[1] == ["broadcast"] and result.count == 4
 
 
 def test_alarms_parse_and_fire():

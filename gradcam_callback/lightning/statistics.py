@@ -41,6 +41,7 @@ __all__ = [
     "MIN_CELLS",
     "Alarm",
     "AttentionStatistics",
+    "RankFailed",
     "StatisticsResult",
     "collect_statistics",
     "earlier_layer",
@@ -326,22 +327,46 @@ def collect_statistics(
     Returns:
         The statistics, and the layer's name as the engine resolved it (``None`` when this
         rank explained nothing).
+
+    Raises:
+        Exception: what failed on this rank, or :class:`RankFailed` on a rank whose own part
+            worked while another's failed. With ``reduce_sum`` given, every rank first takes
+            part in one collective that tells whether any rank failed, so all ranks raise
+            together and none waits for a rank that gave up.
     """
     statistics = AttentionStatistics()
     layer_name: str | None = None
     options = dict(explain_options or {})
-    for start in range(0, len(indices), chunk_size):
-        inputs, labels, masks = read_chunk(list(indices[start : start + chunk_size]))
-        model_inputs = prepare(inputs) if prepare is not None else inputs
-        explained = explain_batch(model, model_inputs, layer_name or target_layer,
-                                  targets(labels), output_size=None, normalize=False,
-                                  batch_size=chunk_size, **options)
-        layer_name = explained.layer_name
-        raw = explained.cams
-        cams = min_max(resize_maps(raw.float(), inputs.shape[-2:]))
-        statistics.update(cams, raw.shape[-2:], inputs, explained.logits, labels, masks)
+    failure: Exception | None = None
+    try:
+        for start in range(0, len(indices), chunk_size):
+            inputs, labels, masks = read_chunk(list(indices[start : start + chunk_size]))
+            model_inputs = prepare(inputs) if prepare is not None else inputs
+            explained = explain_batch(model, model_inputs, layer_name or target_layer,
+                                      targets(labels), output_size=None, normalize=False,
+                                      batch_size=chunk_size, **options)
+            layer_name = explained.layer_name
+            raw = explained.cams
+            cams = min_max(resize_maps(raw.float(), inputs.shape[-2:]))
+            statistics.update(cams, raw.shape[-2:], inputs, explained.logits, labels, masks)
+    except Exception as error:  # every rank must hear of it before any sum
+        failure = error
+    if reduce_sum is not None:
+        # Before any sum, the ranks agree on whether all of them got this far: a rank whose
+        # own part failed must not leave the others waiting in a collective it never joins.
+        failed = reduce_sum(torch.tensor([float(failure is not None)], dtype=torch.float64,
+                                         device=device))
+        if failure is None and float(failed.sum()) > 0:
+            failure = RankFailed(f"the statistics failed on {int(failed.sum())} other "
+                                 "rank(s); every rank skips them this time")
+    if failure is not None:
+        raise failure
     statistics.reduce(reduce_sum or (lambda t: t), broadcast or (lambda o: o), device)
     return statistics.result(), layer_name
+
+
+class RankFailed(RuntimeError):
+    """The statistics failed on another rank, so this rank skips them too."""
 
 
 def earlier_layer(model: nn.Module, inputs: Tensor, layer_name: str,
