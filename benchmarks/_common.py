@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -66,3 +67,26 @@ def table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 def verdict(value: float, goal: float, lower_is_better: bool = True) -> str:
     met = value <= goal if lower_is_better else value >= goal
     return "met" if met else "MISSED"
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))  # type: ignore[union-attr]
+
+
+def reset_peak(device: str) -> int:
+    """Reset the peak counter; return the memory in use now (bytes)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets VmHWM to the current RSS
+    return _status_kb("VmRSS") * 1024
+
+
+def peak_memory(device: str) -> int:
+    """The peak memory (bytes) since :func:`reset_peak`: GPU memory allocated, or the
+    process's resident set (VmHWM) on the CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device)
+    return _status_kb("VmHWM") * 1024

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
-from _common import machine, sync, table
+from _common import machine, peak_memory, reset_peak, sync, table
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
@@ -53,27 +52,6 @@ class ResNet(LightningModule):
         self.log("val_loss", loss)
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))  # type: ignore[union-attr]
-
-
-def _reset_peak(device: str) -> int:
-    """Reset the peak counter; return the memory in use now (bytes)."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # resets VmHWM to the current RSS
-    return _status_kb("VmRSS") * 1024
-
-
-def _peak(device: str) -> int:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device)
-    return _status_kb("VmHWM") * 1024
-
-
 def child(samples: int, batch_size: int, args: argparse.Namespace) -> dict:
     from gradcam_callback import GradCAMCallback
     from gradcam_callback.synthetic import ShortcutShapes
@@ -88,14 +66,15 @@ def child(samples: int, batch_size: int, args: argparse.Namespace) -> dict:
                           devices=1, enable_progress_bar=False, enable_model_summary=False)
         trainer.validate(model, loader)  # set up, check, one run: warm
         times = []
-        before = _reset_peak(args.device)
+        before = reset_peak(args.device)
         for _ in range(args.rounds):
             sync(args.device)
             start = time.perf_counter()
             callback.log_cams(trainer, model, "validate")
             sync(args.device)
             times.append(time.perf_counter() - start)
-        peak = _peak(args.device) - before
+        peak = peak_memory(args.device) - before
+        trainer.logger.finalize("success")  # close the event writer before its folder goes
     return {"seconds": statistics.median(times), "peak": peak,
             "pages": len(callback.last_pages), "width": int(callback.last_grid.shape[-1])}
 

@@ -30,15 +30,19 @@ Formulas, per sample, with ``m`` a map flattened to a vector:
   ``width`` fraction of the image on each side; ``border_lift`` divides it by the frame's
   area (the 10% frame is 36% of a square image, so a uniform map has border energy 0.36
   and border lift 1.0).
-- ``location_consistency(maps, groups)``: for each map, the mean correlation (Pearson:
-  cosine similarity of the maps with their own mean subtracted) of its map with the maps
-  of the other samples in its group (the callback groups by the predicted class). Near 1
-  when every image of a class is decided at the same place (a corner patch, a watermark
-  at a class-specific spot); near 0 when the evidence moves with the object from image
-  to image. Subtracting the mean matters: two diffuse non-negative maps have a cosine
-  near 1 whatever they show. It needs no mask, but it cannot tell a shortcut from an
-  object that always sits at the same place (centred objects), and a cue spread over the
-  whole image (a tint, a texture) has no place to be consistent about.
+- ``location_consistency(maps, groups, share)``: each map's *top cells* are its
+  ``share`` (default 10%) of cells with the largest values (positive ones only; ties at the
+  cut are kept). For each map, the share of its top cells that another map of its group
+  also has among its top cells, averaged over the other maps of the group (the callback
+  groups by the predicted class). 1 when every image of a class is decided at the same
+  cells (a corner patch, a watermark at a class-specific spot); about ``share`` (0.1) when
+  the evidence sits at independent places, as for objects anywhere in the image; 0 when
+  the places never overlap. Chance is the share itself, so the number reads without a
+  reference run. Only the peaks count: a diffuse background that every map has in common
+  adds nothing (a correlation of whole maps is pulled up by it). It needs no mask, but it
+  cannot tell a shortcut from an object that always sits at the same place (centred
+  objects), and a cue spread over the whole image (a tint, a texture) has no place to be
+  consistent about.
 """
 
 from __future__ import annotations
@@ -56,12 +60,17 @@ __all__ = [
     "border_energy",
     "border_lift",
     "border_mask",
-    "centred_maps",
     "energy_in_mask",
     "lift",
     "location_consistency",
     "pointing_game",
+    "top_cells",
 ]
+
+TOP_SHARE = 0.1
+"""The share of a map's cells that :func:`location_consistency` compares (its peaks)."""
+TIE = 1e-5
+"""Values this close (relative to the map's maximum) count as tied in :func:`top_cells`."""
 
 
 def attention_drift(previous: Tensor, current: Tensor) -> Tensor:
@@ -199,52 +208,70 @@ def border_lift(cams: Tensor, fraction: float = 0.1) -> Tensor:
     return lift(cams, border_mask(*cams.shape[-2:], fraction, device=cams.device))
 
 
-def location_consistency(maps: Tensor, groups: Tensor | None = None) -> Tensor:
-    """Per-sample mean correlation of its map with the other maps of its group.
+def location_consistency(maps: Tensor, groups: Tensor | None = None,
+                         share: float = TOP_SHARE) -> Tensor:
+    """Per-sample mean share of its top cells that the other maps of its group share.
 
     Args:
         maps: ``(N, h, w)`` non-negative maps.
         groups: ``(N,)`` integer group of each map (e.g. the predicted class); ``None``
             puts all maps in one group.
+        share: which share of the cells are a map's top cells (see :func:`top_cells`).
 
     Returns:
-        float32 ``(N,)`` in ``[-1, 1]``; NaN for a constant map (e.g. all zero) or one
-        alone in its group (no partner to compare with): leave those out of a mean
-        (``nanmean``).
+        float32 ``(N,)`` in ``[0, 1]``: for map ``i`` with top cells ``A_i``, the mean of
+        ``|A_i & A_j| / |A_i|`` over the other maps ``j`` of its group. About ``share``
+        when the maps' peaks are at independent places. NaN for a constant map (e.g. all
+        zero) or one alone in its group (no partner to compare with): leave those out of
+        a mean (``nanmean``).
 
     Example::
 
         >>> corner = torch.zeros(3, 4, 4); corner[:, 0, 0] = 1.0
-        >>> [round(v, 4) for v in location_consistency(corner).tolist()]
+        >>> location_consistency(corner).tolist()
         [1.0, 1.0, 1.0]
         >>> moving = torch.eye(4).view(4, 2, 2)  # one-hot maps at four places
-        >>> [round(v, 4) for v in location_consistency(moving).tolist()]
-        [-0.3333, -0.3333, -0.3333, -0.3333]
+        >>> location_consistency(moving).tolist()
+        [0.0, 0.0, 0.0, 0.0]
     """
     _check_maps(maps, "maps")
-    flat = centred_maps(maps)
-    norms = flat.norm(dim=1)
-    nonzero = norms > 0
-    units = flat / torch.where(nonzero, norms, 1.0).unsqueeze(1)
+    top = top_cells(maps, share).float()
+    sizes = top.sum(1)
+    valid = sizes > 0
     if groups is None:
         groups = torch.zeros(len(maps), dtype=torch.long, device=maps.device)
     groups = groups.to(maps.device).long()
-    same = (groups.unsqueeze(0) == groups.unsqueeze(1)) & nonzero.unsqueeze(0)
+    same = (groups.unsqueeze(0) == groups.unsqueeze(1)) & valid.unsqueeze(0)
     same.fill_diagonal_(False)
     partners = same.sum(1)
-    similarity = ((units @ units.T) * same).sum(1)
-    valid = nonzero & (partners > 0)
-    return torch.where(valid, similarity / partners.clamp(min=1), float("nan"))
+    shared = (top @ top.T) / sizes.clamp(min=1).unsqueeze(1)
+    values = (shared * same).sum(1) / partners.clamp(min=1)
+    return torch.where(valid & (partners > 0), values, float("nan"))
 
 
-def centred_maps(maps: Tensor) -> Tensor:
-    """Maps flattened to ``(N, h*w)`` float32 with each map's mean subtracted (the vectors
-    whose cosine is the correlation used by :func:`location_consistency`)."""
+def top_cells(maps: Tensor, share: float = TOP_SHARE) -> Tensor:
+    """Bool ``(N, h*w)``: each map's top ``share`` of cells.
+
+    The ``k = max(1, round(share * h * w))`` largest values, and any cell tied with the
+    ``k``-th (equal within ``1e-5`` of the map's maximum, so no tie is broken by position
+    or by rounding); only positive cells count, so a map with
+    fewer than ``k`` positive cells has only those. All False for a constant map.
+
+    Example::
+
+        >>> top_cells(torch.tensor([[[0.0, 0.2], [0.9, 0.5]]]), share=0.5).tolist()
+        [[False, False, True, True]]
+    """
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share={share!r}: must be in (0, 1] (a share of the cells)")
     flat = maps.flatten(1).float()
-    centred = flat - flat.mean(1, keepdim=True)
-    # a constant map becomes exactly zero (no rounding residue), so it counts as no map
-    constant = (flat.amax(1) == flat.amin(1)).unsqueeze(1)
-    return torch.where(constant, 0.0, centred)
+    k = max(1, round(share * flat.shape[1]))
+    peak = flat.amax(1, keepdim=True)
+    # "tied" = within TIE of the peak's scale: a plateau (a bilinear upsampling's corners)
+    # stays whole whatever rounding the batch size brought into the map
+    kth = flat.topk(k, dim=1).values[:, -1:] - TIE * peak.abs()
+    constant = peak == flat.amin(1, keepdim=True)
+    return (flat >= kth) & (flat > 0) & ~constant
 
 
 def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None,

@@ -18,6 +18,7 @@ from gradcam_callback.metrics import (
     lift,
     location_consistency,
     pointing_game,
+    top_cells,
 )
 
 
@@ -126,44 +127,69 @@ def test_attention_scalars_names_and_values():
     assert scalars["border_lift"].tolist() == pytest.approx([1 / 0.36] * 2)
 
 
-def test_location_consistency_is_the_mean_correlation_within_groups():
+def test_location_consistency_is_the_shared_share_of_top_cells_within_groups():
     same_place = torch.zeros(4, 6, 6)
     same_place[:, 0, 0] = 1.0
     same_place[2:, 0, 0] = 3.0  # scale does not matter
-    same_place[3] += 0.5  # nor does an offset
     assert location_consistency(same_place).tolist() == pytest.approx([1.0] * 4)
     disjoint = torch.zeros(4, 6, 6)
     for i in range(4):
         disjoint[i, i, i] = 1.0
-    # one-hot maps of 36 pixels at different places: correlation -1/35
-    assert location_consistency(disjoint).tolist() == pytest.approx([-1 / 35] * 4)
+    assert location_consistency(disjoint).tolist() == pytest.approx([0.0] * 4)
     # two groups: within a group the maps agree, across groups they do not
     mixed = torch.zeros(4, 6, 6)
     mixed[:2, 0, 0] = 1.0
     mixed[2:, 5, 5] = 1.0
     groups = torch.tensor([0, 0, 1, 1])
     assert location_consistency(mixed, groups).tolist() == pytest.approx([1.0] * 4)
-    assert location_consistency(mixed).tolist() == pytest.approx([(1 - 2 / 35) / 3] * 4)
+    assert location_consistency(mixed).tolist() == pytest.approx([1 / 3] * 4)  # 1 of 3 agree
+
+
+def test_top_cells_are_the_share_with_the_largest_values_ties_kept_zeros_left_out():
+    ramp = torch.arange(100.0).view(1, 10, 10)  # one cell per value 0..99
+    assert top_cells(ramp).flatten().nonzero().flatten().tolist() == list(range(90, 100))
+    assert top_cells(ramp, share=0.25).sum().item() == 25
+    plateau = torch.zeros(1, 10, 10)
+    plateau[0, :3, :5] = 1.0  # 15 tied cells at the top: all of them, not 10 picked by place
+    plateau[0, 9, 9] = 1.0 - 1e-7  # tied up to rounding
+    assert top_cells(plateau).sum().item() == 16
+    sparse = torch.zeros(1, 10, 10)
+    sparse[0, 4, 4], sparse[0, 7, 2] = 1.0, 0.5  # 2 positive cells < k = 10
+    assert top_cells(sparse).flatten().nonzero().flatten().tolist() == [44, 72]
+    assert not top_cells(torch.full((1, 4, 4), 0.3)).any()  # constant: no top
+    with pytest.raises(ValueError, match="share=0"):
+        top_cells(ramp, share=0)
+
+
+def test_maps_with_peaks_at_independent_places_score_the_share_itself():
+    """Chance is readable without a reference run: noise maps score about ``share``."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(200, 16, 16, generator=g)
+    for share in (0.1, 0.25):
+        value = location_consistency(noise, share=share).mean().item()
+        k = round(share * 256)
+        assert value == pytest.approx(k / 256, abs=0.01)
 
 
 def test_diffuse_maps_at_different_places_are_not_consistent_though_their_cosine_is_high():
     g = torch.Generator().manual_seed(0)
     base = 0.6 + 0.1 * torch.rand(6, 16, 16, generator=g)  # diffuse, non-negative
     for i in range(6):
-        base[i, (i % 3) * 5 : (i % 3) * 5 + 3, (i // 3) * 8 : (i // 3) * 8 + 3] += 0.5
+        base[i, (i % 3) * 5 : (i % 3) * 5 + 5, (i // 3) * 8 : (i // 3) * 8 + 5] += 0.5
     cosine = torch.nn.functional.cosine_similarity(base[0].flatten(), base[1].flatten(), 0)
     assert cosine > 0.9
+    # 26 top cells each: 25 in the map's own blob, 1 in the shared background
     assert location_consistency(base).mean().item() < 0.05
 
 
 def test_location_consistency_known_partial_overlap_and_lonely_maps():
-    a = torch.zeros(1, 2, 2)
-    a[0, 0, 0] = 1.0
-    b = torch.zeros(1, 2, 2)
-    b[0, 0, 0] = b[0, 0, 1] = 1.0  # centred: a = (.75,-.25,-.25,-.25), b = (.5,.5,-.5,-.5)
-    values = location_consistency(torch.cat([a, b, torch.zeros(1, 2, 2), a]),
-                                  torch.tensor([0, 0, 0, 1]))
-    expected = (0.375 - 0.125 + 0.125 + 0.125) / (math.sqrt(0.75) * 1.0)
-    assert values[0].item() == pytest.approx(expected)
-    assert values[1].item() == pytest.approx(expected)
-    assert math.isnan(values[2].item()) and math.isnan(values[3].item())  # constant / alone
+    a = torch.zeros(1, 10, 10)
+    a[0, 0, :] = 1.0  # top cells: row 0 (10 cells = 10% of 100)
+    b = torch.zeros(1, 10, 10)
+    b[0, :2, :5] = 1.0  # top cells: rows 0-1, columns 0-4 (shares 5 with a)
+    c = torch.zeros(1, 10, 10)
+    c[0, 9, :] = 1.0  # shares none with a or b
+    values = location_consistency(torch.cat([a, b, c, torch.zeros(1, 10, 10), a]),
+                                  torch.tensor([0, 0, 0, 0, 1]))
+    assert values[:3].tolist() == pytest.approx([(0.5 + 0) / 2, (0.5 + 0) / 2, 0.0])
+    assert math.isnan(values[3].item()) and math.isnan(values[4].item())  # constant / alone

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradcam_callback.engine import explain_batch
-from gradcam_callback.metrics import attention_scalars, centred_maps
+from gradcam_callback.metrics import attention_scalars, top_cells
 from gradcam_callback.ops import min_max, resize_maps
 
 __all__ = [
@@ -121,14 +121,14 @@ class AttentionStatistics:
     prediction_counts: Tensor | None = None
     label_sums: Tensor | None = None
     label_counts: Tensor | None = None
-    unit_sums: Tensor | None = None
-    unit_counts: Tensor | None = None
+    top_sums: Tensor | None = None
+    top_counts: Tensor | None = None
     image_sum: Tensor | None = None
     count: int = 0
     layer_size: tuple[int, int] | None = None
     input_size: tuple[int, int] | None = None
     has_labels: bool = False
-    _units: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    _tops: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
     def update(self, cams: Tensor, layer_size: Sequence[int], inputs: Tensor,
                logits: Tensor, labels: Tensor | None, masks: dict[str, Tensor]) -> None:
@@ -153,14 +153,13 @@ class AttentionStatistics:
         self._ensure_classes(logits.shape[1] if logits.dim() == 2 else 1, inputs)
         small = _shrink(cams, self.map_size)
         self._add_class_maps(small, predictions, labels)
-        flat = centred_maps(small)
-        norms = flat.norm(dim=1, keepdim=True)
-        nonzero = norms.squeeze(1) > 0
-        units = (flat / norms.clamp(min=1e-12))[nonzero]
-        self.unit_sums.index_add_(0, predictions[nonzero], units.double())  # type: ignore[union-attr]
-        self.unit_counts.index_add_(  # type: ignore[union-attr]
-            0, predictions[nonzero], torch.ones(int(nonzero.sum()), dtype=torch.float64))
-        self._units.append((units.half(), predictions[nonzero]))
+        top = top_cells(small)
+        valid = top.any(dim=1)
+        top, groups = top[valid], predictions[valid]
+        self.top_sums.index_add_(0, groups, top.double())  # type: ignore[union-attr]
+        self.top_counts.index_add_(  # type: ignore[union-attr]
+            0, groups, torch.ones(len(groups), dtype=torch.float64))
+        self._tops.append((top, groups))
         image = F.interpolate(inputs.detach().float().cpu(), size=_image_size(cams),
                               mode="bilinear", antialias=True, align_corners=False)
         self.image_sum += image.sum(0).double()  # type: ignore[operator]
@@ -185,22 +184,22 @@ class AttentionStatistics:
         self._adopt(layout)
         parts = [self.moments[name] for name in layout["names"]]
         parts += [self.prediction_sums, self.prediction_counts, self.label_sums,
-                  self.label_counts, self.unit_sums, self.unit_counts, self.image_sum,
+                  self.label_counts, self.top_sums, self.top_counts, self.image_sum,
                   torch.tensor([float(self.count), float(self.has_labels)],
                                dtype=torch.float64)]
         total = _reduce_parts(parts, reduce_sum, device)
         for name, value in zip(layout["names"], total, strict=False):
             self.moments[name] = value
         (self.prediction_sums, self.prediction_counts, self.label_sums, self.label_counts,
-         self.unit_sums, self.unit_counts, self.image_sum, extra) = total[len(layout["names"]):]
+         self.top_sums, self.top_counts, self.image_sum, extra) = total[len(layout["names"]):]
         self.count, self.has_labels = int(extra[0]), bool(extra[1] > 0)
         self.moments[CONSISTENCY] = _reduce_parts([self._consistency_moments()], reduce_sum,
                                                   device)[0]
-        self._units = []
+        self._tops = []
 
     def result(self) -> StatisticsResult:
         """Means, spreads and class maps of what was folded in (after :meth:`reduce`)."""
-        if CONSISTENCY not in self.moments and self.unit_sums is not None:
+        if CONSISTENCY not in self.moments and self.top_sums is not None:
             self.moments[CONSISTENCY] = self._consistency_moments()
         scalars: dict[str, float] = {}
         for name, (count, total, squares) in sorted(self.moments.items()):
@@ -256,10 +255,10 @@ class AttentionStatistics:
 
         self.prediction_sums = grown(self.prediction_sums, (classes, *shape))
         self.label_sums = grown(self.label_sums, (classes, *shape))
-        self.unit_sums = grown(self.unit_sums, (classes, shape[0] * shape[1]))
+        self.top_sums = grown(self.top_sums, (classes, shape[0] * shape[1]))
         self.prediction_counts = grown(self.prediction_counts, (classes,))
         self.label_counts = grown(self.label_counts, (classes,))
-        self.unit_counts = grown(self.unit_counts, (classes,))
+        self.top_counts = grown(self.top_counts, (classes,))
         if self.image_sum is None:
             self.image_sum = torch.zeros(tuple(layout["image_shape"]), dtype=torch.float64)
         self.num_classes = classes
@@ -280,15 +279,16 @@ class AttentionStatistics:
             self.has_labels = True
 
     def _consistency_moments(self) -> Tensor:
-        """Moments of each sample's mean correlation with the other samples of its
-        predicted class: ``(u_i . S_c - 1) / (n_c - 1)`` with ``u_i`` its centred unit map
-        and ``S_c`` the (global) sum of the class's; samples alone in their class (or with
-        a constant map) are left out."""
+        """Moments of each sample's :func:`~gradcam_callback.metrics.location_consistency`
+        within its predicted class: ``(t_i . S_c / |t_i| - 1) / (n_c - 1)``, with ``t_i``
+        its top cells and ``S_c`` the (all-rank) count of each cell among the class's top
+        cells; samples alone in their class (or with a constant map) are left out."""
         moments = torch.zeros(3, dtype=torch.float64)
-        for units, predictions in self._units:
-            partners = self.unit_counts[predictions] - 1  # type: ignore[index]
-            dots = (units.double() * self.unit_sums[predictions]).sum(1)  # type: ignore[index]
-            values = ((dots - 1) / partners.clamp(min=1))[partners > 0]
+        for top, groups in self._tops:
+            partners = self.top_counts[groups] - 1  # type: ignore[index]
+            cells = top.double()
+            shared = (cells * self.top_sums[groups]).sum(1) / cells.sum(1)  # type: ignore[index]
+            values = ((shared - 1) / partners.clamp(min=1))[partners > 0]
             moments += torch.stack([torch.tensor(float(len(values)), dtype=torch.float64),
                                     values.sum(), values.square().sum()])
         return moments
@@ -349,6 +349,8 @@ def collect_statistics(
             raw = explained.cams
             cams = min_max(resize_maps(raw.float(), inputs.shape[-2:]))
             statistics.update(cams, raw.shape[-2:], inputs, explained.logits, labels, masks)
+            # let this chunk go before the next is read: memory is one chunk, not two
+            del inputs, labels, masks, model_inputs, explained, raw, cams
     except Exception as error:  # every rank must hear of it before any sum
         failure = error
     if reduce_sum is not None:
