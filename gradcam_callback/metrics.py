@@ -35,10 +35,12 @@ Formulas, per sample, with ``m`` a map flattened to a vector:
   cut are kept). For each map, the share of its top cells that another map of its group
   also has among its top cells, averaged over the other maps of the group (the callback
   groups by the predicted class). 1 when every image of a class is decided at the same
-  cells (a corner patch, a watermark at a class-specific spot); about ``share`` (0.1) when
-  the evidence sits at independent places, as for objects anywhere in the image; 0 when
-  the places never overlap. Chance is the share itself, so the number reads without a
-  reference run. Only the peaks count: a diffuse background that every map has in common
+  cells (a corner patch, a watermark at a class-specific spot); 0 when the places never
+  overlap. When the evidence sits at independent places (objects anywhere in the image)
+  it is the share of the image the other maps' top cells cover: about ``share`` (0.1)
+  for maps with one clear peak region, less for maps with fewer positive cells than that,
+  more for maps with wide plateaus. So the number reads without a reference run.
+  Only the peaks count: a diffuse background that every map has in common
   adds nothing (a correlation of whole maps is pulled up by it). It needs no mask, but it
   cannot tell a shortcut from an object that always sits at the same place (centred
   objects), and a cue spread over the whole image (a tint, a texture) has no place to be
@@ -221,7 +223,8 @@ def location_consistency(maps: Tensor, groups: Tensor | None = None,
     Returns:
         float32 ``(N,)`` in ``[0, 1]``: for map ``i`` with top cells ``A_i``, the mean of
         ``|A_i & A_j| / |A_i|`` over the other maps ``j`` of its group. About ``share``
-        when the maps' peaks are at independent places. NaN for a constant map (e.g. all
+        when the maps' peaks are at independent places (exactly: the mean share of the
+        cells that the other maps' top cells cover). NaN for a constant map (e.g. all
         zero) or one alone in its group (no partner to compare with): leave those out of
         a mean (``nanmean``).
 
@@ -255,7 +258,8 @@ def top_cells(maps: Tensor, share: float = TOP_SHARE) -> Tensor:
     The ``k = max(1, round(share * h * w))`` largest values, and any cell tied with the
     ``k``-th (equal within ``1e-5`` of the map's maximum, so no tie is broken by position
     or by rounding); only positive cells count, so a map with
-    fewer than ``k`` positive cells has only those. All False for a constant map.
+    fewer than ``k`` positive cells has only those. All False for a constant map and for
+    a map with a NaN or infinite value (``compute_cam`` never gives one).
 
     Example::
 
@@ -266,12 +270,14 @@ def top_cells(maps: Tensor, share: float = TOP_SHARE) -> Tensor:
         raise ValueError(f"share={share!r}: must be in (0, 1] (a share of the cells)")
     flat = maps.flatten(1).float()
     k = max(1, round(share * flat.shape[1]))
+    finite = torch.isfinite(flat).all(1, keepdim=True)
+    flat = torch.where(finite, flat, 0.0)
     peak = flat.amax(1, keepdim=True)
     # "tied" = within TIE of the peak's scale: a plateau (a bilinear upsampling's corners)
     # stays whole whatever rounding the batch size brought into the map
     kth = flat.topk(k, dim=1).values[:, -1:] - TIE * peak.abs()
     constant = peak == flat.amin(1, keepdim=True)
-    return (flat >= kth) & (flat > 0) & ~constant
+    return (flat >= kth) & (flat > 0) & ~constant & finite
 
 
 def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None,

@@ -151,6 +151,10 @@ FAIL_FAST = {
     "mask_fn returning a mask of the wrong size": (
         {"mask_fn": lambda batch: {"left": torch.ones(3, 32, 32)}}, {"data": ShapesData()},
         ValueError, r"mask 'left' must be \(N, H, W\) with N = 8, got \(3, 32, 32\)"),
+    "a mask_fn that fits the shown samples only (the statistics read more)": (
+        {"mask_fn": lambda batch: {"left": torch.ones(8, 32, 32, dtype=torch.bool)},
+         "metric_samples": 16}, {"data": ShapesData(n_val=24)}, ValueError,
+        r"mask 'left' must be \(N, H, W\) with N = 16, got \(8, 32, 32\)"),
     "batch_to_input returning the labels": (
         {"batch_to_input": lambda batch: batch[1]}, {}, ValueError,
         r"expected image inputs \(N, C, H, W\), but batch_to_input returned \(8,\)"),

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch.utils.data import Subset
 from gradcam_callback.lightning.display import choose_display, find_normalize
 from gradcam_callback.lightning.statistics import (
     AttentionStatistics,
+    RankFailed,
     cell_pixels,
     collect_statistics,
     earlier_layer,
@@ -93,6 +95,98 @@ def test_location_consistency_matches_the_metric_grouped_by_prediction():
                                                                    abs=1e-4)
     assert result.scalars["location_consistency_std"] == pytest.approx(
         values.std(unbiased=False).item(), abs=1e-3)
+
+
+def test_location_consistency_streams_like_the_metric_with_lonely_and_constant_maps():
+    cams, logits, labels, masks, inputs = known_batch(count=20)
+    cams[3], cams[4] = 0.0, 0.5  # constant maps: no top cells, left out
+    logits[:, 2] = -10.0
+    logits[7, 2] = 10.0  # sample 7 alone in class 2: no partner, left out
+    logits[4, 2] = 10.0  # its only classmate is constant: still alone
+    cams[9, :16] *= 3.0  # a map whose top cells are another share of the image
+    values = location_consistency(cams, logits.argmax(1)).double()
+    assert values.isnan().sum() == 3  # 3, 4 and 7
+    values = values[~values.isnan()]
+    for chunk in (1, 6, 20):
+        result = summarise(cams, logits, labels, masks, inputs, chunk=chunk)
+        assert result.scalars["location_consistency"] == pytest.approx(values.mean().item(),
+                                                                       abs=1e-6)
+        assert result.scalars["location_consistency_std"] == pytest.approx(
+            values.std(unbiased=False).item(), abs=1e-6)
+
+
+def in_threads(statistics: list[AttentionStatistics]) -> tuple[list, list[list[str]]]:
+    """``reduce`` on each as one rank, in threads, with collectives that really add up
+    across them; a rank left waiting breaks the barrier after 10 s instead of hanging."""
+    barrier = threading.Barrier(len(statistics), timeout=10)
+    slots: dict[int, list] = {}
+    calls: list[list[str]] = [[] for _ in statistics]
+
+    def collectives(rank: int):
+        def reduce_sum(t):
+            calls[rank].append(f"sum{t.numel()}")
+            slots.setdefault(len(calls[rank]), []).append(t.clone())
+            barrier.wait()
+            total = sum(slots[len(calls[rank])])
+            barrier.wait()
+            return total
+
+        def broadcast(obj):
+            calls[rank].append("broadcast")
+            if rank == 0:
+                slots[len(calls[rank])] = [obj]
+            barrier.wait()
+            got = slots[len(calls[rank])][0]
+            barrier.wait()
+            return got
+
+        return reduce_sum, broadcast
+
+    outcomes: list = [None] * len(statistics)
+
+    def run(rank: int) -> None:
+        try:
+            statistics[rank].reduce(*collectives(rank))
+        except Exception as error:
+            outcomes[rank] = error
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(len(statistics))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes, calls
+
+
+def test_two_ranks_add_up_to_the_one_process_numbers_consistency_included():
+    cams, logits, labels, masks, inputs = known_batch(count=15)
+    single = summarise(cams, logits, labels, masks, inputs, chunk=4)
+    ranks = [AttentionStatistics(), AttentionStatistics()]
+    for rank, statistics in enumerate(ranks):
+        share = slice(rank, None, 2)
+        statistics.update(cams[share], (8, 8), inputs[share], logits[share], labels[share],
+                          {k: v[share] for k, v in masks.items()})
+    outcomes, calls = in_threads(ranks)
+    assert outcomes == [None, None] and calls[0] == calls[1]
+    assert [c[:3] for c in calls[0]] == ["bro", "sum", "sum", "sum"]  # layout, flag, sums
+    for statistics in ranks:
+        result = statistics.result()
+        assert result.count == 15
+        # the consistency of each rank's samples is measured against both ranks' maps
+        assert result.scalars == pytest.approx(single.scalars, abs=1e-6)
+
+
+def test_a_rank_whose_sums_do_not_fit_rank_zeros_layout_fails_with_it_no_rank_waits():
+    cams, logits, labels, _, inputs = known_batch(count=8)
+    ranks = [AttentionStatistics(), AttentionStatistics()]
+    ranks[0].update(cams[:4], (8, 8), inputs[:4], logits[:4], labels[:4], {})
+    small = torch.nn.functional.interpolate(inputs[4:], size=(24, 20))  # another image size
+    ranks[1].update(cams[4:, :24, :20], (8, 8), small, logits[4:], labels[4:], {})
+    outcomes, calls = in_threads(ranks)
+    assert isinstance(outcomes[0], RankFailed) and "1 other rank" in str(outcomes[0])
+    assert isinstance(outcomes[1], Exception) and not isinstance(outcomes[1],
+                                                                 threading.BrokenBarrierError)
+    assert calls[0] == calls[1] == ["broadcast", "sum1"]  # nobody went on to the sums
 
 
 def test_a_fixed_corner_is_consistent_and_a_moving_blob_is_not():
@@ -282,7 +376,9 @@ def test_the_ranks_agree_on_failure_before_any_sum():
     reduce_sum, broadcast = collectives(0.0)
     result, _ = collect_statistics(Tiny(), reader(data), range(4), "features",
                                    reduce_sum=reduce_sum, broadcast=broadcast)
-    assert seen[0] == [0.0] and seen[1] == ["broadcast"] and result.count == 4
+    # flag, layout, flag (the layout fits), the sums, the consistency's sum
+    assert seen[:3] == [[0.0], ["broadcast"], [0.0]] and len(seen) == 5
+    assert result.count == 4
 
 
 def test_alarms_parse_and_fire():

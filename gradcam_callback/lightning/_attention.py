@@ -8,7 +8,7 @@ concern; the formulas live in :mod:`gradcam_callback.metrics` and :mod:`.statist
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -63,6 +63,40 @@ class AttentionMixin:
         total = _dataset_size(loader.dataset, self.metric_samples)
         if not total:
             return None
+        with preserved_rng_state(pl_module.device):
+            result, layer_name = self._collect(trainer, pl_module, loader, stage,
+                                               range(trainer.global_rank, total,
+                                                     trainer.world_size), collectives=True)
+        self._layer_name = layer_name or self._layer_name
+        self.last_statistics = result
+        if trainer.is_global_zero:
+            try:  # advice only: a failure here must not skip this rank's alarms
+                self._warn_if_coarse(pl_module, result, loader, stage)
+            except Exception as error:
+                self._warn_once("coarse_failed", f"GradCAMCallback: could not look for an "
+                                f"earlier layer ({type(error).__name__}: {error}).")
+        prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
+        self._publish(trainer, pl_module, prefix, result.scalars)
+        self._check_alarms(trainer, result.scalars)
+        return result
+
+    def _check_statistics(self, trainer: Trainer, pl_module: LightningModule, stage: str,
+                          loaders: Any) -> None:
+        """Fail fast: the statistics on their first chunk, before the first training step
+        (rank zero, no collective, nothing published); errors propagate."""
+        if not self.metric_samples:
+            return
+        loader = self._reader.dataloader(loaders, stage)
+        total = _dataset_size(loader.dataset, self.metric_samples)
+        if total:
+            self._collect(trainer, pl_module, loader, stage,
+                          range(min(total, self.metric_batch_size)), collectives=False)
+
+    def _collect(self, trainer: Trainer, pl_module: LightningModule, loader: Any, stage: str,
+                 indices: Sequence[int], collectives: bool) -> tuple[StatisticsResult,
+                                                                    str | None]:
+        """:func:`collect_statistics` on ``indices`` of ``loader``'s dataset, with the
+        strategy's collectives (every rank must call it) or without (one rank alone)."""
         primary = "predicted" if self.target == "both" else self.target
 
         def read_chunk(indices: Sequence[int]) -> tuple[Tensor, Tensor | None,
@@ -72,26 +106,19 @@ class AttentionMixin:
             return chunk.inputs, chunk.labels, chunk.masks
 
         device = pl_module.device
-        with preserved_rng_state(device):
-            result, layer_name = collect_statistics(
-                pl_module, read_chunk, range(trainer.global_rank, total, trainer.world_size),
-                self._layer_name, targets=lambda labels: self._targets(primary, labels),
-                chunk_size=self.metric_batch_size,
-                explain_options={"method": self.method,
-                                 "reshape_transform": self.reshape_transform,
-                                 "output_transform": self.output_transform},
-                reduce_sum=lambda t: trainer.strategy.reduce(t, reduce_op="sum"),
-                broadcast=lambda obj: trainer.strategy.broadcast(obj, src=0),
-                device=device,
-                prepare=lambda x: trainer.precision_plugin.convert_input(x.to(device)))
-        self._layer_name = layer_name or self._layer_name
-        self.last_statistics = result
-        if trainer.is_global_zero:
-            self._warn_if_coarse(pl_module, result, read_chunk)
-        prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
-        self._publish(trainer, pl_module, prefix, result.scalars)
-        self._check_alarms(trainer, result.scalars)
-        return result
+        return collect_statistics(
+            pl_module, read_chunk, indices, self._layer_name,
+            targets=lambda labels: self._targets(primary, labels),
+            chunk_size=self.metric_batch_size,
+            explain_options={"method": self.method,
+                             "reshape_transform": self.reshape_transform,
+                             "output_transform": self.output_transform},
+            reduce_sum=(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+            if collectives else None,
+            broadcast=(lambda obj: trainer.strategy.broadcast(obj, src=0))
+            if collectives else None,
+            device=device,
+            prepare=lambda x: trainer.precision_plugin.convert_input(x.to(device)))
 
     def _warn_empty_masks(self, chunk: FixedSamples) -> None:
         for name, mask in chunk.masks.items():
@@ -142,11 +169,12 @@ class AttentionMixin:
                     trainer.should_stop = True
 
     def _warn_if_coarse(self, pl_module: LightningModule, result: StatisticsResult,
-                        read_chunk: Callable[[Sequence[int]], Any]) -> None:
+                        loader: Any, stage: str) -> None:
         height, width = result.layer_size
         if min(height, width) >= MIN_CELLS or "coarse" in self._warned:
             return
-        inputs = read_chunk([0])[0].to(pl_module.device)
+        inputs = self._reader.read(loader, [0], stage, self._warn_once).inputs
+        inputs = inputs.to(pl_module.device)
         with preserved_rng_state(pl_module.device), eval_mode(pl_module):
             earlier = earlier_layer(pl_module, inputs, str(self._layer_name))
         self._warn_once(

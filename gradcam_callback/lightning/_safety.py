@@ -78,6 +78,7 @@ class SafetyMixin:
             for page in self._grid_pages(samples, rows, captions, wrong, limit=1):
                 encode_image(page, self.image_format)
             self._measure(rows[0][1].cpu(), samples.masks)
+            self._check_statistics(trainer, pl_module, stage, loaders)
             if fitting:
                 self._check_filmstrip(samples, rows[0][1])
 

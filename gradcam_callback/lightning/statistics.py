@@ -4,9 +4,12 @@ and how fixed the evidence's location is; computed in chunks, gathered across ra
 The callback shows a handful of images, but a scalar from 8 images is noise. Here every
 rank explains its share of the first ``metric_samples`` validation samples (rank ``r``
 takes indices ``r, r + world, ...``), ``chunk_size`` at a time, and folds each chunk into
-running sums; memory is set by the chunk, not by the number of samples. The sums of all
-ranks are then added with one collective (every rank takes part), so every rank ends with
-the same numbers, and can hand them to ``EarlyStopping`` or an alarm with the same outcome.
+running sums; memory is set by the chunk (plus 1 KB per sample for the consistency's top
+cells), not by the number of samples. The sums of all ranks are then added (every rank
+takes part in every collective, in the same order), so every rank ends with the same
+numbers, and can hand them to ``EarlyStopping`` or an alarm with the same outcome. Before
+each sum the ranks agree on whether any of them failed; if one did, all raise together
+(:class:`RankFailed` on the others) instead of leaving a rank waiting.
 
 Per scalar (the suffixes of :func:`gradcam_callback.metrics.attention_scalars`, plus
 ``location_consistency``) three numbers come out, for ``N`` samples with values ``x_i``:
@@ -176,17 +179,32 @@ class AttentionStatistics:
 
     def reduce(self, reduce_sum: Reduce, broadcast: Broadcast,
                device: torch.device | str = "cpu") -> None:
-        """Replace every sum by its total over all ranks (two collectives, then one more
-        for the consistency spread); a rank without samples takes part with zeros."""
+        """Replace every sum by its total over all ranks; a rank without samples takes part
+        with zeros.
+
+        Four collectives, in the same order on every rank: rank zero's layout is
+        broadcast; the ranks agree on whether each could lay its sums out that way (one
+        flag; all raise :class:`RankFailed` if one could not, so none is left waiting in
+        the next); the sums are added; the consistency's moments are added.
+        """
         layout = broadcast(self.layout())
         if layout["names"] is None or layout["map_shape"] is None:
             return  # no rank had a sample: nothing to add up
-        self._adopt(layout)
-        parts = [self.moments[name] for name in layout["names"]]
-        parts += [self.prediction_sums, self.prediction_counts, self.label_sums,
-                  self.label_counts, self.top_sums, self.top_counts, self.image_sum,
-                  torch.tensor([float(self.count), float(self.has_labels)],
-                               dtype=torch.float64)]
+        failure: Exception | None = None
+        parts: list[Tensor] = []
+        try:
+            self._adopt(layout)
+            parts = [self.moments[name] for name in layout["names"]]
+            parts += [self.prediction_sums, self.prediction_counts, self.label_sums,
+                      self.label_counts, self.top_sums, self.top_counts, self.image_sum,
+                      torch.tensor([float(self.count), float(self.has_labels)],
+                                   dtype=torch.float64)]
+            if sum(part.numel() for part in parts) != _layout_numel(layout):
+                raise RankFailed(f"this rank's statistics do not fit rank zero's layout "
+                                 f"{layout} (inputs of another size on this rank?)")
+        except Exception as error:  # every rank must hear of it before the sum
+            failure = error
+        _agree(failure, reduce_sum, device)
         total = _reduce_parts(parts, reduce_sum, device)
         for name, value in zip(layout["names"], total, strict=False):
             self.moments[name] = value
@@ -356,12 +374,8 @@ def collect_statistics(
     if reduce_sum is not None:
         # Before any sum, the ranks agree on whether all of them got this far: a rank whose
         # own part failed must not leave the others waiting in a collective it never joins.
-        failed = reduce_sum(torch.tensor([float(failure is not None)], dtype=torch.float64,
-                                         device=device))
-        if failure is None and float(failed.sum()) > 0:
-            failure = RankFailed(f"the statistics failed on {int(failed.sum())} other "
-                                 "rank(s); every rank skips them this time")
-    if failure is not None:
+        _agree(failure, reduce_sum, device)
+    elif failure is not None:
         raise failure
     statistics.reduce(reduce_sum or (lambda t: t), broadcast or (lambda o: o), device)
     return statistics.result(), layer_name
@@ -369,6 +383,27 @@ def collect_statistics(
 
 class RankFailed(RuntimeError):
     """The statistics failed on another rank, so this rank skips them too."""
+
+
+def _agree(failure: Exception | None, reduce_sum: Reduce, device: torch.device | str) -> None:
+    """One collective: how many ranks failed. Raise this rank's own ``failure``, or
+    :class:`RankFailed` when only others failed; return when none did."""
+    flag = torch.tensor([float(failure is not None)], dtype=torch.float64)
+    failed = int(float(reduce_sum(flag.to(device)).sum()))
+    if failure is not None:
+        raise failure
+    if failed:
+        raise RankFailed(f"the statistics failed on {failed} other rank(s); every rank "
+                         "skips them this time")
+
+
+def _layout_numel(layout: dict[str, Any]) -> int:
+    """How many numbers a rank sends in the sum, for rank zero's ``layout``."""
+    classes, (height, width) = layout["num_classes"], layout["map_shape"]
+    cells = height * width
+    image = math.prod(layout["image_shape"])
+    return (3 * len(layout["names"]) + 2 * classes * cells + 2 * classes + classes * cells
+            + classes + image + 2)
 
 
 def earlier_layer(model: nn.Module, inputs: Tensor, layer_name: str,
