@@ -5,6 +5,11 @@ validation images included) and a TensorBoard logger, fit for 111 epochs of one 
 batch each: after 11 warm-up epochs, 100 more validation runs; resident memory (RSS) and
 the number of live tensors before and after, against the bytes the history itself adds.
 
+The script runs itself with glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_``).
+With glibc's moving threshold, freed chunk buffers of the statistics stay in a fragmented
+heap: RSS then grows by a further 5 to 25 MB over 100 runs while the live tensors stay
+flat, which is the allocator, not a leak.
+
     python benchmarks/memory.py [--device cuda] [--threads 2] [--runs 100]
 """
 
@@ -68,6 +73,10 @@ class Probe(Callback):
 
 def main() -> None:
     import argparse
+
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
