@@ -246,6 +246,19 @@ def test_earlier_layer_names_a_layer_with_at_least_four_cells_and_leaves_no_hook
     assert all(not m._forward_hooks for m in model.modules())
 
 
+def gloo_sum(t):
+    """The statistics' ``reduce_sum`` over a real process group."""
+    dist.all_reduce(t)
+    return t
+
+
+def gloo_broadcast(obj):
+    """The statistics' ``broadcast`` of rank zero's object over a real process group."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -253,17 +266,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     model = Tiny()
     data = ShortcutShapes(9, image_size=32, seed=3)
 
-    def reduce_sum(t):
-        dist.all_reduce(t)
-        return t
-
-    def broadcast(obj):
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     result, _ = collect_statistics(model, reader(data), range(rank, 9, world), "features",
-                                   chunk_size=2, reduce_sum=reduce_sum, broadcast=broadcast)
+                                   chunk_size=2, reduce_sum=gloo_sum, broadcast=gloo_broadcast)
     torch.save({"scalars": result.scalars, "count": result.count,
                 "by_prediction": result.by_prediction}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -297,18 +301,9 @@ def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
             raise ValueError("rank 1 cannot read its samples")
         return read(indices)
 
-    def reduce_sum(t):
-        dist.all_reduce(t)
-        return t
-
-    def broadcast(obj):
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     try:
         collect_statistics(Tiny(), read_or_fail, range(rank, 9, world), "features",
-                           chunk_size=2, reduce_sum=reduce_sum, broadcast=broadcast)
+                           chunk_size=2, reduce_sum=gloo_sum, broadcast=gloo_broadcast)
         outcome = "returned"
     except Exception as error:
         outcome = f"{type(error).__name__}: {error}"

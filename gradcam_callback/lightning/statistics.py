@@ -194,12 +194,10 @@ class AttentionStatistics:
         parts: list[Tensor] = []
         try:
             self._adopt(layout)
-            parts = [self.moments[name] for name in layout["names"]]
-            parts += [self.prediction_sums, self.prediction_counts, self.label_sums,
-                      self.label_counts, self.top_sums, self.top_counts, self.image_sum,
-                      torch.tensor([float(self.count), float(self.has_labels)],
-                                   dtype=torch.float64)]
-            if sum(part.numel() for part in parts) != _layout_numel(layout):
+            parts = self._parts(layout["names"])
+            empty = AttentionStatistics(map_size=self.map_size)
+            empty._adopt(layout)  # what rank zero's layout holds, with nothing in it
+            if _numel(parts) != _numel(empty._parts(layout["names"])):
                 raise RankFailed(f"this rank's statistics do not fit rank zero's layout "
                                  f"{layout} (inputs of another size on this rank?)")
         except Exception as error:  # every rank must hear of it before the sum
@@ -214,6 +212,13 @@ class AttentionStatistics:
         self.moments[CONSISTENCY] = _reduce_parts([self._consistency_moments()], reduce_sum,
                                                   device)[0]
         self._tops = []
+
+    def _parts(self, names: Sequence[str]) -> list[Tensor]:
+        """Every sum, in the order the ranks add them up."""
+        return [*(self.moments[name] for name in names), self.prediction_sums,
+                self.prediction_counts, self.label_sums, self.label_counts, self.top_sums,
+                self.top_counts, self.image_sum,
+                torch.tensor([float(self.count), float(self.has_labels)], dtype=torch.float64)]
 
     def result(self) -> StatisticsResult:
         """Means, spreads and class maps of what was folded in (after :meth:`reduce`)."""
@@ -397,13 +402,8 @@ def _agree(failure: Exception | None, reduce_sum: Reduce, device: torch.device |
                          "skips them this time")
 
 
-def _layout_numel(layout: dict[str, Any]) -> int:
-    """How many numbers a rank sends in the sum, for rank zero's ``layout``."""
-    classes, (height, width) = layout["num_classes"], layout["map_shape"]
-    cells = height * width
-    image = math.prod(layout["image_shape"])
-    return (3 * len(layout["names"]) + 2 * classes * cells + 2 * classes + classes * cells
-            + classes + image + 2)
+def _numel(parts: Sequence[Tensor | None]) -> int:
+    return sum(0 if part is None else part.numel() for part in parts)
 
 
 def earlier_layer(model: nn.Module, inputs: Tensor, layer_name: str,
