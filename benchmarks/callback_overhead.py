@@ -26,16 +26,27 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from gradcam_callback import GradCAMCallback
-from gradcam_callback.lightning import _pictures as pictures_module
-from gradcam_callback.lightning.callback import GradCAMCallback as CallbackClass
-from gradcam_callback.lightning.history import History
+from gradcam_callback.history import History
+from gradcam_callback.observer import Observer
+from gradcam_callback.pictures import Pictures
+from gradcam_callback.render.run import Renderer
+from gradcam_callback.samples import SampleStore
 from gradcam_callback.synthetic import ShortcutShapes
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shortcut_learning.py"
 EPOCHS = 3
-TIMED = ("_fixed_samples", "_explain", "_scalars", "_log_image", "log_cams", "log_filmstrip",
-         "_statistics_on_every_rank", "_log_class_maps")
-"""The callback's methods timed in the breakdown (tests/test_benchmarks.py checks they exist)."""
+TIMED = {
+    "log_cams": (GradCAMCallback, "log_cams"),
+    "log_filmstrip": (GradCAMCallback, "log_filmstrip"),
+    "samples": (SampleStore, "get"),
+    "statistics": (Observer, "measure"),
+    "explain": (Observer, "_explain"),
+    "grid": (Renderer, "grid_pages"),
+    "class_maps": (Pictures, "send_class_maps"),
+    "send_grid": (Pictures, "send_grid"),
+    "remember": (History, "add"),
+}
+"""Key -> (class, method) timed in the breakdown (tests/test_benchmarks.py checks they exist)."""
 
 
 def load_model_class():
@@ -90,18 +101,14 @@ def main() -> None:
         median = {name: statistics.median(times) for name, times in runs.items()}
 
         spent: dict[str, list[float]] = defaultdict(list)
-        originals = {name: getattr(CallbackClass, name) for name in TIMED}
-        grid, add = pictures_module.explanation_grid, History.add
-        for name, method in originals.items():
-            setattr(CallbackClass, name, timed(spent, name, method))
-        pictures_module.explanation_grid = timed(spent, "_grid", grid)
-        History.add = timed(spent, "_remember", add)
+        originals = {key: getattr(owner, name) for key, (owner, name) in TIMED.items()}
+        for key, (owner, name) in TIMED.items():
+            setattr(owner, name, timed(spent, key, originals[key]))
         try:  # more epochs: more invocations for the breakdown
             fit_seconds(model_class, [GradCAMCallback("features")], tmp, args.device, epochs=8)
         finally:
-            for name, method in originals.items():
-                setattr(CallbackClass, name, method)
-            pictures_module.explanation_grid, History.add = grid, add
+            for key, (owner, name) in TIMED.items():
+                setattr(owner, name, originals[key])
 
     def ms(key: str) -> float:
         return 1e3 * statistics.median(spent[key]) if spent[key] else 0.0
@@ -110,7 +117,7 @@ def main() -> None:
     # fit-time ratios above are the honest end-to-end numbers but only as exact as the
     # run-to-run noise allows; these isolate what the callback adds.
     own = EPOCHS * ms("log_cams") / 1e3 + ms("log_filmstrip") / 1e3
-    own_shown = own - EPOCHS * ms("_statistics_on_every_rank") / 1e3
+    own_shown = own - EPOCHS * ms("statistics") / 1e3
     without = median["without"]
     spread = (max(runs["without"]) - min(runs["without"])) / without
     rows = []
@@ -125,18 +132,18 @@ def main() -> None:
                   f"{seconds * 1e3:.0f} ms in {EPOCHS} epochs")]
     print(table(rows, ("measure", "value", "goal", "", "times")))
     parts = {
-        "fixed-batch fetch (first run only)": ms("_fixed_samples"),
-        "many-sample statistics (256 samples, every rank)": ms("_statistics_on_every_rank"),
-        "CAM of the shown samples (forward + autograd.grad)": ms("_explain"),
-        "scalars and drift history": ms("_scalars") + ms("_remember"),
-        "rendering (annotated grid)": ms("_grid"),
-        "class maps picture": ms("_log_class_maps"),
-        "logging (image)": ms("_log_image"),
+        "fixed-batch fetch (first run only)": ms("samples"),
+        "many-sample statistics (256 samples, every rank)": ms("statistics"),
+        "CAM of the shown samples (forward + autograd.grad)": ms("explain"),
+        "drift history": ms("remember"),
+        "rendering (annotated grid)": ms("grid"),
+        "class maps picture (drawn and logged)": ms("class_maps"),
+        "logging the grid": ms("send_grid"),
     }
     rest = ms("log_cams") - sum(parts.values()) + parts["fixed-batch fetch (first run only)"]
     print(f"\nOne invocation (median of {len(spent['log_cams'])}), 8 samples shown at 64x64:")
     breakdown = [(name, f"{value:.1f} ms") for name, value in parts.items()]
-    breakdown += [("other (scalars to loggers, RNG, device moves)", f"{max(rest, 0):.1f} ms"),
+    breakdown += [("other (scalars, captions, RNG, device moves)", f"{max(rest, 0):.1f} ms"),
                   ("total per invocation", f"{ms('log_cams'):.1f} ms"),
                   ("filmstrip at the end of fit (once)", f"{ms('log_filmstrip'):.1f} ms")]
     print(table(breakdown, ("step", "time")))

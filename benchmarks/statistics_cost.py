@@ -28,7 +28,10 @@ import torchvision
 from _common import interleaved, machine, parse_args, peak_memory, reset_peak, table, verdict
 from cam_speed import floor
 
-from gradcam_callback.lightning.statistics import collect_statistics
+from gradcam_callback.explainer import Explainer
+from gradcam_callback.options import ExplainOptions
+from gradcam_callback.samples import FixedSamples
+from gradcam_callback.statistics import collect_statistics
 
 SIZE = 64
 CHUNK = 64
@@ -58,7 +61,15 @@ def floor_pass(model, read, count: int, layer) -> None:
 
 
 def statistics_pass(model, read, count: int) -> None:
-    collect_statistics(model, read, range(count), "layer3", chunk_size=CHUNK)
+    """The callback's statistics pass: the explainer on each chunk, folded into the sums."""
+    explainer = Explainer(ExplainOptions(target_layer="layer3", batch_size=CHUNK))
+
+    def explain_chunk(indices):
+        inputs, labels, masks = read(indices)
+        explained = explainer.explain(model, inputs, labels, primary_only=True)
+        return FixedSamples(indices, inputs.cpu(), labels, masks), explained
+
+    collect_statistics(explain_chunk, range(count), chunk_size=CHUNK)
 
 
 def memory_in_child(samples: int, args) -> int:

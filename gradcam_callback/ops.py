@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["min_max", "resize_maps", "shrink_maps"]
+__all__ = ["min_max", "resize_maps", "shrink_maps", "shrunk_size"]
 
 
 def resize_maps(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -40,13 +40,27 @@ def shrink_maps(maps: Tensor, longest_side: int) -> Tensor:
         >>> shrink_maps(torch.ones(1, 128, 64), 32).shape
         torch.Size([1, 32, 16])
     """
-    height, width = maps.shape[-2:]
-    scale = longest_side / max(height, width)
-    if scale >= 1:
+    size = shrunk_size(maps.shape[-2:], longest_side)
+    if size == tuple(maps.shape[-2:]):
         return maps
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", antialias=True,
                          align_corners=False).squeeze(1)
+
+
+def shrunk_size(size: Sequence[int], longest_side: int) -> tuple[int, int]:
+    """The ``(h, w)`` that :func:`shrink_maps` gives maps of ``size``: the longer side at
+    most ``longest_side``, the aspect ratio kept (each side at least 1).
+
+    Example::
+
+        >>> shrunk_size((128, 64), 32), shrunk_size((16, 8), 32)
+        ((32, 16), (16, 8))
+    """
+    height, width = int(size[0]), int(size[1])
+    scale = longest_side / max(height, width)
+    if scale >= 1:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def min_max(values: Tensor, *, start_dim: int = 1) -> Tensor:

@@ -12,7 +12,7 @@ import torchvision
 from PIL import Image
 
 from gradcam_callback.cli import main
-from gradcam_callback.lightning.loading import _one_line
+from gradcam_callback.cli.loading import _one_line
 
 BANDS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 

@@ -23,7 +23,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gradcam_callback import GradCAMCallback, compute_cam
-from gradcam_callback.lightning.history import History, evenly_spaced
+from gradcam_callback.history import History, evenly_spaced
 from gradcam_callback.ops import resize_maps
 from gradcam_callback.render import annotated_grid, filmstrip, overlay, prediction_captions
 from gradcam_callback.render.captions import run_header

@@ -198,7 +198,7 @@ def test_resize_and_shrink_keep_what_is_already_the_right_size():
 # ----- samples: what counts as labels and masks ---------------------------------------------
 
 def test_only_1d_integer_labels_are_shown_as_classes():
-    from gradcam_callback.lightning.samples import SampleReader
+    from gradcam_callback.samples import SampleReader
 
     reader = SampleReader()
     images = torch.zeros(3, 3, 8, 8)
@@ -213,22 +213,26 @@ def test_only_1d_integer_labels_are_shown_as_classes():
 
 
 def test_soft_masks_count_above_one_half_and_bad_discovered_keys_are_skipped():
-    from gradcam_callback.lightning.samples import SampleReader
+    from gradcam_callback.samples import SampleReader
 
     images = torch.zeros(2, 3, 4, 4)
     soft = torch.tensor([0.2, 0.5, 0.51, 1.0]).view(1, 1, 1, 4).expand(2, 1, 4, 4)
+    from gradcam_callback.notices import Notices
+
     warnings_seen = []
+    notices = Notices(warnings_seen.append)
     masks = SampleReader().masks({"image": images, "soft_mask": soft, "id_mask": [1, 2]},
-                                 images, lambda key, message: warnings_seen.append(key))
+                                 images, notices)
     assert list(masks) == ["soft_mask"] and masks["soft_mask"].shape == (2, 4, 4)
     assert masks["soft_mask"][0, 0].tolist() == [False, False, True, True]
-    assert warnings_seen == ["not_mask_id_mask"]
+    assert len(warnings_seen) == 1 and notices.said("not_mask_id_mask")
+    assert "skipping batch key 'id_mask'" in warnings_seen[0]
 
 
 # ----- history -----------------------------------------------------------------------------
 
 def test_history_fit_to_resizes_a_new_image_size_and_clears_a_new_sample_count():
-    from gradcam_callback.lightning.history import History
+    from gradcam_callback.history import History
 
     history = History()
     assert history.fit_to(3, (32, 32))  # empty: nothing to fit
@@ -245,7 +249,7 @@ def test_history_fit_to_resizes_a_new_image_size_and_clears_a_new_sample_count()
 
 
 def test_history_state_round_trips_and_reads_the_old_keys():
-    from gradcam_callback.lightning.history import History
+    from gradcam_callback.history import History
 
     history = History()
     for epoch in range(3):

@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from gradcam_callback import GradCAMCallback
+from gradcam_callback.guard import RunGuard, describe_failure
+from gradcam_callback.history import STATE_VERSION, History
 from gradcam_callback.lightning import sinks
-from gradcam_callback.lightning.guard import RunGuard, describe_failure
-from gradcam_callback.lightning.history import STATE_VERSION, History
 from gradcam_callback.render.pages import (
     check_picture_size,
     page_slices,
@@ -236,12 +236,12 @@ def test_mask_keys_that_are_not_masks_are_skipped_with_one_warning_and_n1hw_is_s
 
 
 def test_soft_masks_use_one_threshold_of_one_half():
-    from gradcam_callback.lightning.samples import MASK_THRESHOLD, SampleReader
     from gradcam_callback.metrics import energy_in_mask
+    from gradcam_callback.samples import MASK_THRESHOLD, SampleReader
 
     soft = torch.tensor([[[0.2, 0.5], [0.51, 1.0]]])
     batch = {"image": torch.zeros(1, 3, 2, 2), "soft_mask": soft}
-    mask = SampleReader().masks(batch, batch["image"], lambda *a: None)["soft_mask"]
+    mask = SampleReader().masks(batch, batch["image"])["soft_mask"]
     assert MASK_THRESHOLD == 0.5
     assert mask.tolist() == [[[False, False], [True, True]]]
     cams = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
@@ -331,13 +331,41 @@ class TurnsNaN(LitTiny):
         return out * float("nan") if self.current_epoch == 1 and not self.training else out
 
 
-def test_nan_outputs_skip_the_run_with_their_cause(tmp_path):
+def test_nan_outputs_are_named_once_left_out_and_the_run_goes_on(tmp_path):
     callback = GradCAMCallback("features", num_samples=2)
-    with pytest.warns(UserWarning, match=r"NaN or infinite.*has training diverged"):
-        trainer, _ = fit(tmp_path, [callback], max_epochs=3, model=TurnsNaN(),
+    with pytest.warns(UserWarning, match=r"outputs for samples \[0, 1, .* are NaN or infinite"
+                                         r".*has training diverged"):
+        trainer, _ = fit(tmp_path, [callback], max_epochs=3, model=TurnsNaN,
                          num_sanity_val_steps=0)
-    assert [e.step for e in images(trainer)] == [6, 18]
+    assert [e.step for e in images(trainer)] == [6, 12, 18]  # the NaN run is shown too
     assert callback.history.epochs == [0, 2]  # no zero maps from the NaN run in the history
+    assert callback.failures == () and not callback.switched_off
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "gradcam" in k}
+    assert metrics and all(np.isfinite(v) for v in metrics.values())
+
+
+class NaNWhenEvaluated(LitTiny):
+    """Trains normally; every forward outside training (validation, the CAM) is NaN."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * float("nan") if not self.training else out
+
+
+def test_a_model_nan_from_the_start_trains_to_the_end_with_one_warning(tmp_path):
+    """The check before training warns instead of refusing to start: Lightning itself
+    trains such a model, and the observer is never stricter than the trainer."""
+    callback = GradCAMCallback("features", num_samples=2, metric_samples=8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer, _ = fit(tmp_path, [callback], max_epochs=2, model=NaNWhenEvaluated,
+                         num_sanity_val_steps=0)
+    assert trainer.state.finished and trainer.current_epoch == 2
+    said = [str(w.message) for w in seen if "NaN or infinite" in str(w.message)]
+    assert len(said) == 1 and "samples [0, 1] are" in said[0]  # the check names them
+    assert callback.failures == () and len(images(trainer)) == 2
+    assert callback.history.epochs == []  # nothing finite to remember
+    assert not [k for k in trainer.callback_metrics if k.startswith("gradcam")]
 
 
 def failing_filmstrip(monkeypatch):
@@ -399,8 +427,13 @@ def test_failure_descriptions_name_cause_and_fix():
     }
     for error, cause in cases.items():
         assert cause in describe_failure(error, "writing")[0]
-    cause, fix = describe_failure(MemoryError(), "explaining", batch_size=32)
-    assert "batch_size= (now 32)" in fix
+    cause, fix = describe_failure(MemoryError(), "explaining", batch_size=32,
+                                  metric_batch_size=64)
+    assert fix.startswith("lower batch_size (now 32)") and "metric_batch_size" not in fix
+    cause, fix = describe_failure(MemoryError(), "computing the statistics", batch_size=32,
+                                  metric_batch_size=64)
+    assert cause == "out of memory"
+    assert fix == "lower metric_batch_size (now 64) or metric_samples"
     assert "model's forward" in describe_failure(RuntimeError("x"), "explaining")[0]
 
 

@@ -19,19 +19,38 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import Subset
 
-from gradcam_callback.lightning.display import choose_display, find_normalize
-from gradcam_callback.lightning.statistics import (
+from gradcam_callback.engine.layers import earlier_spatial_layer as earlier_layer
+from gradcam_callback.explainer import Explainer
+from gradcam_callback.metrics import attention_scalars, location_consistency
+from gradcam_callback.options import ExplainOptions
+from gradcam_callback.samples import FixedSamples, choose_display, find_normalize
+from gradcam_callback.statistics import (
     AttentionStatistics,
+    Collectives,
     RankFailed,
-    cell_pixels,
     collect_statistics,
-    earlier_layer,
     parse_alarms,
 )
-from gradcam_callback.metrics import attention_scalars, location_consistency
+from gradcam_callback.statistics.accumulator import cell_pixels
 from gradcam_callback.synthetic import ShortcutShapes
 
 HERE = Path(__file__).resolve().parent
+
+
+def collect(model, read, indices, layer, *, chunk_size=64, reduce_sum=None, broadcast=None):
+    """The statistics of ``indices`` read by ``read`` (indices -> inputs, labels, masks),
+    explained as the callback explains them; with the layer's name."""
+    explainer = Explainer(ExplainOptions(target_layer=layer, batch_size=chunk_size))
+
+    def explain_chunk(chunk):
+        inputs, labels, masks = read(chunk)
+        return (FixedSamples(list(chunk), inputs, labels, masks),
+                explainer.explain(model, inputs, labels, primary_only=True))
+
+    collectives = None if reduce_sum is None else Collectives(reduce_sum, broadcast)
+    result = collect_statistics(explain_chunk, indices, chunk_size=chunk_size,
+                                collectives=collectives)
+    return result, explainer.layer_name
 
 
 def known_batch(count: int = 12, size: int = 32, classes: int = 3, seed: int = 0):
@@ -232,8 +251,8 @@ def test_collect_statistics_in_chunks_equals_one_pass_and_knows_the_layer_size()
     torch.manual_seed(0)
     model = Tiny()
     data = ShortcutShapes(10, image_size=32, seed=3)
-    one, name = collect_statistics(model, reader(data), range(10), "features", chunk_size=10)
-    chunked, _ = collect_statistics(model, reader(data), range(10), "features", chunk_size=3)
+    one, name = collect(model, reader(data), range(10), "features", chunk_size=10)
+    chunked, _ = collect(model, reader(data), range(10), "features", chunk_size=3)
     assert name == "features" and one.layer_size == (2, 2) and one.input_size == (32, 32)
     assert one.cell_pixels == 16
     assert chunked.scalars == pytest.approx(one.scalars, abs=1e-5)
@@ -266,7 +285,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     model = Tiny()
     data = ShortcutShapes(9, image_size=32, seed=3)
 
-    result, _ = collect_statistics(model, reader(data), range(rank, 9, world), "features",
+    result, _ = collect(model, reader(data), range(rank, 9, world), "features",
                                    chunk_size=2, reduce_sum=gloo_sum, broadcast=gloo_broadcast)
     torch.save({"scalars": result.scalars, "count": result.count,
                 "by_prediction": result.by_prediction}, f"{out}/rank{rank}.pt")
@@ -279,7 +298,7 @@ def test_two_gloo_ranks_with_uneven_shares_give_the_one_process_numbers(tmp_path
     mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
     model = Tiny()
-    single, _ = collect_statistics(model, reader(ShortcutShapes(9, image_size=32, seed=3)),
+    single, _ = collect(model, reader(ShortcutShapes(9, image_size=32, seed=3)),
                                    range(9), "features", chunk_size=4)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
@@ -302,7 +321,7 @@ def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
         return read(indices)
 
     try:
-        collect_statistics(Tiny(), read_or_fail, range(rank, 9, world), "features",
+        collect(Tiny(), read_or_fail, range(rank, 9, world), "features",
                            chunk_size=2, reduce_sum=gloo_sum, broadcast=gloo_broadcast)
         outcome = "returned"
     except Exception as error:
@@ -335,8 +354,6 @@ def test_the_ranks_agree_on_failure_before_any_sum():
     """One collective comes first: the share of ranks that failed. A failing rank reports
     itself there and raises its own error; a rank told of another's failure raises
     RankFailed; neither goes on to the sums (which the other rank would never join)."""
-    from gradcam_callback.lightning.statistics import RankFailed
-
     data = ShortcutShapes(4, image_size=32, seed=3)
     seen: list[list[float]] = []
 
@@ -356,20 +373,20 @@ def test_the_ranks_agree_on_failure_before_any_sum():
 
     reduce_sum, broadcast = collectives(0.0)
     with pytest.raises(OSError, match="disk gone"):
-        collect_statistics(Tiny(), broken, range(4), "features", reduce_sum=reduce_sum,
+        collect(Tiny(), broken, range(4), "features", reduce_sum=reduce_sum,
                            broadcast=broadcast)
     assert seen == [[1.0]]
 
     seen.clear()
     reduce_sum, broadcast = collectives(1.0)
     with pytest.raises(RankFailed, match="1 other rank"):
-        collect_statistics(Tiny(), reader(data), range(4), "features", reduce_sum=reduce_sum,
+        collect(Tiny(), reader(data), range(4), "features", reduce_sum=reduce_sum,
                            broadcast=broadcast)
     assert seen == [[0.0]]
 
     seen.clear()
     reduce_sum, broadcast = collectives(0.0)
-    result, _ = collect_statistics(Tiny(), reader(data), range(4), "features",
+    result, _ = collect(Tiny(), reader(data), range(4), "features",
                                    reduce_sum=reduce_sum, broadcast=broadcast)
     # flag, layout, flag (the layout fits), the sums, the consistency's sum
     assert seen[:3] == [[0.0], ["broadcast"], [0.0]] and len(seen) == 5

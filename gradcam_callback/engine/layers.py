@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradcam_callback.engine.scopes import eval_mode, preserved_rng_state
 from gradcam_callback.engine.targets import (
     OutputTransform,
     TargetSpec,
@@ -53,9 +54,11 @@ __all__ = [
     "LayerSpec",
     "canonical_name",
     "choose_layer",
+    "earlier_spatial_layer",
     "find_last_spatial_layer",
     "is_attention",
     "probe_layout_hints",
+    "probe_outputs",
     "resolve_layer",
     "run_eagerly",
     "unwrap_compiled",
@@ -165,22 +168,62 @@ def _passes_through(module: nn.Module) -> bool:
     )
 
 
-def probe_layout_hints(model: nn.Module, inputs: Tensor) -> LayoutHints:
-    """What one forward (no gradients) shows about the model's token layouts: the grids
-    of its convolutions (a patch embedding's) and its prefix count."""
-    outputs: list[tuple[nn.Module, object]] = []
+def probe_outputs(model: nn.Module, inputs: Tensor) -> list[tuple[str, nn.Module, object]]:
+    """Every named module's output in one forward without gradients, in the order the
+    modules finish; names are canonical (no ``_orig_mod``). The hooks are gone afterwards;
+    the caller is responsible for eval mode and the RNG state."""
+    outputs: list[tuple[str, nn.Module, object]] = []
 
-    def record(module: nn.Module, _args: object, output: object) -> None:
-        outputs.append((module, output))
+    def make_hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, _args: object, output: object) -> None:
+            outputs.append((name, module, output))
 
-    handles = [m.register_forward_hook(record) for m in unwrap_compiled(model).modules()]
+        return record
+
+    handles = [module.register_forward_hook(make_hook(canonical_name(name)))
+               for name, module in unwrap_compiled(model).named_modules()]
     try:
         with torch.no_grad(), run_eagerly():
             model(inputs)
     finally:
         for handle in handles:
             handle.remove()
-    return LayoutHints.from_outputs(outputs, (inputs.shape[-2], inputs.shape[-1]))
+    return outputs
+
+
+def probe_layout_hints(model: nn.Module, inputs: Tensor) -> LayoutHints:
+    """What one forward (no gradients) shows about the model's token layouts: the grids
+    of its convolutions (a patch embedding's) and its prefix count."""
+    outputs = probe_outputs(model, inputs)
+    return LayoutHints.from_outputs(((module, out) for _, module, out in outputs),
+                                    (inputs.shape[-2], inputs.shape[-1]))
+
+
+def earlier_spatial_layer(model: nn.Module, inputs: Tensor, layer_name: str,
+                          min_cells: int = 4) -> str | None:
+    """The last layer to finish before ``layer_name`` whose output is channels-first maps
+    with at least ``min_cells`` cells on each side, or ``None``: where to look when
+    ``layer_name``'s maps are too coarse. One probe forward; no side effects (eval mode,
+    RNG states and hooks as they were).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(8), nn.Flatten())
+        >>> earlier_spatial_layer(net, torch.zeros(1, 3, 16, 16), "1")
+        '0'
+    """
+    with preserved_rng_state(inputs.device), eval_mode(model):
+        outputs = probe_outputs(model, inputs)
+    names = [name for name, _, _ in outputs]
+    target = canonical_name(layer_name)
+    if target not in names:
+        return None
+    for name, _, out in reversed(outputs[: names.index(target)]):
+        if (name and isinstance(out, Tensor) and out.dim() == 4
+                and min(out.shape[2], out.shape[3]) >= min_cells
+                and not target.startswith(name + ".")):
+            return name
+    return None
 
 
 def choose_layer(

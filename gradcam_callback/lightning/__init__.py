@@ -1,10 +1,10 @@
 """The Lightning side: the only package of gradcam_callback that imports Lightning.
 
-- :mod:`.callback`: :class:`GradCAMCallback`, thin orchestration (when to run, what to call).
-- :mod:`.samples`: the fixed samples (loader, indices, collate, inputs, labels, masks).
-- :mod:`.history`: the maps of every logged run, drift, checkpoint state.
-- :mod:`.sinks`: where pictures go, one sink per logger kind.
-- :mod:`.loading`: loading a trained model for the command line.
+- :mod:`.callback`: :class:`GradCAMCallback`, the hooks and the orchestration (when to
+  run, what to call).
+- :mod:`.trainer_api`: what the callback asks of the trainer; the one module that reads
+  Lightning's private state, each time with a fallback.
+- :mod:`.sinks`: where pictures (and scalars) go, one sink per logger kind.
 """
 
 from __future__ import annotations

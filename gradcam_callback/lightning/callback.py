@@ -2,126 +2,60 @@
 Grad-CAM Callback
 =================
 
-Watch where the model looks while it trains: at the end of validation runs, compute class
-activation maps on a fixed set of validation images and log an annotated grid and
-attention scalars to the trainer's loggers.
+Watch where the model looks while it trains: at the end of validation runs (and, with
+``every_n_steps``, every N training steps), compute class activation maps on a fixed set
+of validation images and log an annotated grid and attention scalars to the trainer's
+loggers.
 
-This module is orchestration only: *when* to run and *what* to call. The samples come from
-:mod:`.samples`, the maps from :mod:`gradcam_callback.engine`, the scalars from
-:mod:`gradcam_callback.metrics`, the pictures from :mod:`gradcam_callback.render`, the
-history from :mod:`.history`, and the pictures leave through :mod:`.sinks`.
-
-At the end of every ``every_n_epochs``-th epoch's validation runs (never during the
-sanity check), rank zero takes the first ``num_samples`` samples of the validation
-dataset (the same ones every time, read by index through the dataloader's
-``collate_fn``), computes CAMs at ``target_layer``, and logs one image
-``gradcam/<layer>/overlay`` at ``trainer.global_step``: one column per sample, rows
-"input" and the CAM overlay, each column captioned with the true label, the
-predicted label and its probability, and framed in red when the prediction is wrong.
-
-Scalars go to every logger at the same step, under ``gradcam/<layer>/``, as means
-over the first ``metric_samples`` validation samples, each with ``_std`` and
-``_ci95`` (see :mod:`.statistics`): ``border_lift`` and ``border_energy`` (the outer
-10% frame: borders, corner patches, watermarks), ``location_consistency`` (needs no
-mask), and for each region mask the batch provides ``lift/<name>`` (energy in the mask
-/ the mask's area share; 1.0 = no preference), ``area/<name>``,
-``energy_in_mask/<name>`` and ``pointing_game/<name>`` (within one CAM cell); from the
-second run on ``drift`` (against the previous run) and ``drift_from_start`` (against
-the first), from the shown samples. The same scalars reach ``trainer.callback_metrics``
-on every rank (``EarlyStopping(monitor="gradcam/<layer>/lift/<name>")`` works), and
-``gradcam/<layer>/class_maps`` shows the mean map per class. Formulas in
-:mod:`gradcam_callback.metrics`. At the end of fit, ``gradcam/<layer>/filmstrip`` shows
-every sample's map across the runs in one picture.
-
-Every picture carries its epoch and step in a header line. Pictures go to every
-logger: a TensorBoard logger's event file, a W&B run's media (at
-``trainer/global_step``), an MLflow run's images (against the step), any other logger's
-``log_image``; a logger with only a run directory (CSV) gets image files in
-``<log_dir>/gradcam``; with no logger, files go to
-``<default_root_dir>/gradcam/version_<n>``; and, when ``image_dir`` is given, files go to
-``<image_dir>/version_<n>`` too (a new ``n`` per run, so runs never overwrite each
-other). Scalars go to every logger's ``log_metrics`` with ``epoch`` next to them.
-
-The last grid, filmstrip and scalars stay available as ``last_grid`` and
-``last_filmstrip`` (uint8 ``(3, H, W)``) and ``last_metrics``; the fixed samples as
-:attr:`samples`, the maps of every run as :attr:`history`.
-
-Explaining the model has no effect on training: the model runs in eval mode for the
-computation only, no ``.grad`` is touched, and the global RNG states are restored, so
-a seeded, deterministic run trains bit-identically with and without the callback.
-
-Fail fast, then never stop training: before the first training step (after the
-sanity check) and at the start of ``validate``/``test``, rank zero runs the whole
-pipeline once on the fixed samples (fetch, split, masks, targets, forward, CAM,
-render, encode; nothing is logged, no random number drawn), so a wrong option or a
-batch the callback cannot read fails in seconds with a message that names it. After
-that, a failure of the callback's own work (a full disk, a file where the image
-folder should be, the model's forward raising in the CAM pass, NaN outputs) is
-reported once with its cause and a fix, that run is skipped, and the next run tries
-again; after three failed runs in a row the callback switches itself off and says so.
-Nothing raises out of ``on_fit_end``. ``on_error="raise"`` raises instead (for CI).
-
-Any size: CAMs are computed in chunks of ``batch_size`` samples (memory is set by the
-chunk, not by ``num_samples``), and pictures show at most ``samples_per_page``
-samples (fewer if that many would pass JPEG's 65,500 px limit): one page keeps the
-tag ``.../overlay``, several are logged as ``.../overlay/page_1``, ``page_2``, ...
-(the filmstrip likewise, a row per sample).
-
-Resume and reuse: the checkpointed state is versioned; the sample indices shown
-before a resume are kept unless ``num_samples``, ``sample_indices`` or
-``dataloader_idx`` changed (then the new options win, with one warning naming old
-and new, and the drift history restarts); maps of another size are resized into the
-history. A new ``fit`` without a checkpoint starts a new history; reloaded
-validation dataloaders (``reload_dataloaders_every_n_epochs``) are read again.
+This module is orchestration only: *when* to run and *what* to call. The callback holds
+its collaborators, each a small class that knows no Lightning: the options
+(:mod:`gradcam_callback.options`), the fixed samples (:mod:`gradcam_callback.samples`),
+the explainer (:mod:`gradcam_callback.explainer`), the statistics
+(:mod:`gradcam_callback.statistics`), the pictures (:mod:`gradcam_callback.pictures`),
+the history (:mod:`gradcam_callback.history`), the failure policy
+(:mod:`gradcam_callback.guard`) and the warnings (:mod:`gradcam_callback.notices`); on the
+Lightning side, the sinks (:mod:`.sinks`) and what is asked of the trainer
+(:mod:`.trainer_api`). The README says what is logged, where, and when.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from gradcam_callback.engine import resolve_layer
 from gradcam_callback.engine.scopes import preserved_rng_state
-from gradcam_callback.lightning._attention import AttentionMixin
-from gradcam_callback.lightning._explaining import ExplainingMixin
-from gradcam_callback.lightning._pictures import PicturesMixin
-from gradcam_callback.lightning._safety import SafetyMixin
-from gradcam_callback.lightning._state import StateMixin
-from gradcam_callback.lightning.options import validated_options
-from gradcam_callback.lightning.samples import (
-    SampleReader,
-)
-from gradcam_callback.lightning.statistics import (
-    StatisticsResult,
-)
-from gradcam_callback.render import (
-    prediction_captions,
-    run_header,
-)
+from gradcam_callback.guard import MAX_CONSECUTIVE_FAILURES, RunGuard
+from gradcam_callback.lightning import trainer_api as api
+from gradcam_callback.lightning.sinks import PictureSinks
+from gradcam_callback.notices import Notices
+from gradcam_callback.observer import Observer, Run
+from gradcam_callback.options import CallbackOptions, validated_options
 
 __all__ = ["GradCAMCallback"]
 
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
 
-class GradCAMCallback(PicturesMixin, AttentionMixin, SafetyMixin, StateMixin, ExplainingMixin,
-                     Callback):
+class GradCAMCallback(Callback):
     r"""Log Grad-CAM overlays of fixed validation images, and attention scalars, during training.
 
-    What it logs, where the pictures go, and how it stays out of training's way: see
-    the module docstring and the README.
+    Every option is also an attribute (``callback.num_samples``); setting one validates it
+    and applies it to every part of the callback at once, or raises and changes nothing.
 
     Args:
         target_layer: the layer's dotted name as ``model.named_modules()`` spells it;
             ``None`` picks one (logged once with its reading, used in the tags).
         num_samples: how many validation samples to show (the first ones by index).
-        every_n_epochs: log on every n-th epoch.
+        every_n_epochs: log on every n-th epoch's validation runs.
         method: ``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"hirescam"``,
             ``"layercam"``, ``"eigencam"``, or a name added with ``register_method``.
         target: ``"predicted"``, ``"label"`` (the batch's class), ``"both"`` (two rows),
@@ -163,13 +97,14 @@ class GradCAMCallback(PicturesMixin, AttentionMixin, SafetyMixin, StateMixin, Ex
         alarms: thresholds by tag suffix, e.g. ``{"lift/watermark_mask": ">2"}``: one
             warning names the metric, its value and the epoch.
         alarm_action: ``"warn"``, or ``"stop"`` to also stop training (on every rank).
+        every_n_steps: also explain the validation samples every n training steps
+            (``None``: only at validation runs); the same tags, at ``trainer.global_step``.
 
     Raises:
-        TypeError: an argument of the wrong type (the message names it and says what is valid).
-        ValueError: an argument out of its valid range; at setup, an unknown
-            ``target_layer`` (with the closest names) or a sharded strategy (FSDP,
-            DeepSpeed), which this callback does not support; before training (or
-            ``validate``/``test``), anything the check on the fixed samples finds.
+        TypeError: an argument of the wrong type (the message names it and what is valid).
+        ValueError: an argument out of range; at setup, an unknown ``target_layer`` (with
+            the closest names) or a sharded strategy (FSDP, DeepSpeed); before training
+            (or ``validate``/``test``), anything the check on the fixed samples finds.
 
     Example::
 
@@ -214,47 +149,47 @@ class GradCAMCallback(PicturesMixin, AttentionMixin, SafetyMixin, StateMixin, Ex
         metric_batch_size: int = 64,
         alarms: dict[str, str] | None = None,
         alarm_action: str = "warn",
+        every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        options = validated_options(**{k: v for k, v in locals().items()
-                                       if k not in ("self", "__class__")})
-        for name, value in options.items():
-            setattr(self, name, value)
-        self._reader = SampleReader(
-            num_samples=self.num_samples, sample_indices=self.sample_indices,
-            dataloader_idx=self.dataloader_idx, input_key=self.input_key,
-            label_key=self.label_key, batch_to_input=self.batch_to_input,
-            mask_keys=self.mask_keys, mask_fn=self.mask_fn)
-        self._init_run_state()
+        self._options = validated_options(**{k: v for k, v in locals().items()
+                                             if k not in ("self", "__class__")})
+        notices = Notices(rank_zero_warn, rank_zero_info)
+        self._guard = RunGuard("warn", rank_zero_warn, MAX_CONSECUTIVE_FAILURES)
+        self._sinks = PictureSinks(self._options.pictures, notices, self._guard.progress)
+        self._observer = Observer(self._options, notices, self._sinks, self._guard.progress)
+        self._loaded_checkpoint = False
+        self._last_run_step: int | None = None  # a fit explains each step once
+        self._configure(self._options)
 
+    def _configure(self, options: CallbackOptions) -> None:
+        """Give every collaborator the (validated) options at once."""
+        self._options = options
+        self._guard.configure(options.run.on_error, options.explaining.batch_size,
+                              options.statistics.metric_batch_size)
+        self._sinks.options = options.pictures
+        self._observer.configure(options)
 
     @property
     @override
     def state_key(self) -> str:
-        target = self.target if isinstance(self.target, (str, int)) else "callable"
-        return self._generate_state_key(
-            target_layer=self.target_layer or "auto", method=self.method, target=target
-        )
+        explaining = self._options.explaining
+        target = explaining.target if isinstance(explaining.target, (str, int)) else "callable"
+        return self._generate_state_key(target_layer=explaining.target_layer or "auto",
+                                        method=explaining.method, target=target)
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        strategy = type(trainer.strategy).__name__
-        if strategy in _SHARDED_STRATEGIES:
-            raise ValueError(
-                f"GradCAMCallback does not support {strategy}: its parameters are sharded "
-                "across ranks, so rank zero cannot run the model alone. Use strategy='ddp' "
-                "(or explain a checkpoint after training with compute_cam)."
-            )
-        if self.target_layer is not None:
-            resolve_layer(pl_module, self.target_layer)
+        _refuse_sharded(trainer)
+        if self._options.explaining.target_layer is not None:
+            resolve_layer(pl_module, self._options.explaining.target_layer)
         self._loaded_checkpoint = False  # a checkpoint, if any, is loaded after setup
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._loaded_checkpoint:
-            self._history.clear()  # a reused callback starts a new history
-            self._restored_indices = None
-        self._start_run(trainer)
+        self._observer.new_fit(restored=self._loaded_checkpoint)
+        self._last_run_step = None
+        self._start(trainer)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -262,20 +197,26 @@ class GradCAMCallback(PicturesMixin, AttentionMixin, SafetyMixin, StateMixin, Ex
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn == "validate":
-            self._start_run(trainer)
+        if not api.fitting(trainer):
+            self._start(trainer)
             self._check_before(trainer, pl_module, "validate")
 
     @override
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start_run(trainer)
+        self._start(trainer)
         self._check_before(trainer, pl_module, "test")
 
     @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        every = self._options.run.every_n_steps
+        if every is not None and trainer.global_step and trainer.global_step % every == 0:
+            self.log_cams(trainer, pl_module, stage="validate")
+
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._should_skip_validation(trainer):
-            return
-        self.log_cams(trainer, pl_module, stage="validate")
+        if not _should_skip_validation(trainer, self._options.run.every_n_epochs):
+            self.log_cams(trainer, pl_module, stage="validate")
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -283,82 +224,153 @@ class GradCAMCallback(PicturesMixin, AttentionMixin, SafetyMixin, StateMixin, Ex
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._guarded(trainer, "the filmstrip at the end of fit", self.log_filmstrip, trainer)
-
-    def _should_skip_validation(self, trainer: Trainer) -> bool:
-        if trainer.sanity_checking:
-            return True
-        fitting = trainer.state.fn == "fit"
-        return fitting and (trainer.current_epoch + 1) % self.every_n_epochs != 0
+        if trainer.is_global_zero and self._guard.active:
+            with self._guard.attempt("the filmstrip at the end of fit"):
+                self.log_filmstrip(trainer)
 
     def log_cams(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Compute and log the grid and the scalars now. Call it on every rank.
-
-        Every rank takes part in the many-sample statistics (``metric_samples``); rank zero
-        then renders and logs, under the failure policy (``on_error``).
-
-        Args:
-            trainer: the running trainer.
-            pl_module: the model being trained.
-            stage: ``"validate"`` or ``"test"``: whose dataloader to take samples from.
-                Validation runs during fit also extend the drift history and the filmstrip.
-        """
-        statistics = self._statistics_on_every_rank(trainer, pl_module, stage)
-        self._guarded(trainer, self._run_name(trainer, stage), self._log_run, trainer,
-                      pl_module, stage, statistics)
-
-    def _log_run(self, trainer: Trainer, pl_module: LightningModule, stage: str,
-                 statistics: StatisticsResult | None) -> None:
-        """Rank zero's part of :meth:`log_cams`: explain, render, measure, log."""
-        with preserved_rng_state(pl_module.device):
-            self._progress("reading the samples")
-            samples = self._fixed_samples(trainer, stage)
-            self._progress("explaining")
-            rows, logits = self._explain_samples(trainer, pl_module, samples)
-            captions, wrong = prediction_captions(logits.cpu(), samples.labels,
-                                                  self._class_names)
-            header = run_header(trainer.current_epoch, trainer.global_step,
-                                None if stage == "validate" else stage)
-            self._progress("rendering")
-            self.last_pages = self._grid_pages(samples, rows, captions, wrong, header=header)
-            self.last_grid = self.last_pages[0]
-            prefix = f"gradcam/{self._layer_name}/" + ("" if stage == "validate" else f"{stage}/")
-            self._progress("measuring")
-            primary = rows[0][1].cpu()
-            metrics = self._scalars(primary, samples, statistics)
+        """Explain and log now, on every rank: the statistics (every rank takes part, and
+        each puts them into ``trainer.callback_metrics``), then rank zero's pictures and
+        scalars, all under the one failure policy. ``stage``: ``"validate"`` or ``"test"``,
+        whose samples to explain. A fit explains each global step once."""
+        run = _run(trainer, pl_module, stage)
+        if (run.extends_history and self._last_run_step == run.step) or not self._guard.agree(
+                api.rank_zero_broadcast(trainer)):
+            return  # explained at this step already, or switched off (alike on every rank)
+        if run.extends_history:
+            self._last_run_step = run.step
+        loaders = api.current_dataloaders(trainer, stage)
+        with preserved_rng_state(pl_module.device), self._guard.attempt(run.describe()):
+            statistics, stop = self._observer.measure(
+                pl_module, loaders, run, collectives=api.collectives(trainer, pl_module),
+                rank=trainer.global_rank, world_size=trainer.world_size)
             if statistics is not None:
-                self._log_class_maps(trainer, prefix, statistics)
-            if stage == "validate" and trainer.state.fn == "fit":
-                metrics.update(self._history.add(primary, trainer.current_epoch,
-                                                 trainer.global_step))
-            self.last_metrics = {prefix + name: value for name, value in metrics.items()}
-            self._progress("logging scalars")
-            # epoch in the same call, as Lightning logs it: CSV rows then carry their epoch
-            scalars = {**self.last_metrics, "epoch": trainer.current_epoch}
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=trainer.global_step)
-            # pictures last: a sink that fails (a full disk) costs neither the scalars
-            # nor the drift history
-            if self.per_sample_images:
-                self._log_samples(trainer, prefix + "overlay", samples, rows, captions, wrong,
-                                  header)
-            else:
-                self._log_pages(trainer, prefix + "overlay", self.last_pages, header)
+                prefix = self._observer.prefix(stage)
+                api.publish(trainer, {prefix + k: v for k, v in statistics.scalars.items()})
+                trainer.should_stop = trainer.should_stop or stop
+            if trainer.is_global_zero:
+                self._observer.show(pl_module, loaders, run, statistics)
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(message)
+    def log_filmstrip(self, trainer: Trainer) -> Tensor | None:
+        """Log the filmstrip of the runs so far (called at the end of fit, rank zero): a row
+        per fixed sample, a column per run (at most ``filmstrip_max``, evenly spread).
+        Returns its first page as uint8 ``(3, H, W)``, or ``None``."""
+        loaders = api.current_dataloaders(trainer, "validate")
+        return self._observer.filmstrip(loaders, trainer.global_step) \
+            if trainer.is_global_zero else None
+
+    def _check_before(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Fail fast (rank zero, no collective, RNG states restored): the whole pipeline
+        once on the fixed samples; errors propagate with a note saying where from."""
+        if not trainer.is_global_zero:
+            return
+        run = _run(trainer, pl_module, stage)
+        if run.fitting and not trainer.enable_validation:
+            self._observer.notices.warn_once(
+                "no_validation", "GradCAMCallback: this fit has no validation loop (no "
+                "validation data, no validation_step or limit_val_batches=0), so there is "
+                "nothing to explain.")
+            return
+        what = "training" if run.fitting else f"trainer.{stage}()"
+        with preserved_rng_state(pl_module.device), _noted(
+                f"raised by GradCAMCallback's check of its options on the fixed {stage} "
+                f"samples before {what}"):
+            loaders, provisional = api.dataloaders_for_check(trainer, stage)
+            self._observer.check(pl_module, loaders, run, provisional=provisional)
+
+    def _start(self, trainer: Trainer) -> None:
+        """A new fit, validate or test: new sinks, failure count and warnings."""
+        self._guard.reset()
+        self._observer.notices.reset()
+        self._sinks.start(trainer.loggers, trainer.default_root_dir)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self._observer.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the layer, the samples shown and the drift history (see
+        :mod:`gradcam_callback.checkpoint`)."""
+        self._loaded_checkpoint = True
+        self._observer.load_state_dict(state_dict)
 
 
+def _should_skip_validation(trainer: Trainer, every_n_epochs: int) -> bool:
+    """The sanity check, and fit's epochs that ``every_n_epochs`` leaves out."""
+    return trainer.sanity_checking or (
+        api.fitting(trainer) and (trainer.current_epoch + 1) % every_n_epochs != 0)
 
 
+def _refuse_sharded(trainer: Trainer) -> None:
+    strategy = type(trainer.strategy).__name__
+    if strategy in _SHARDED_STRATEGIES:
+        raise ValueError(
+            f"GradCAMCallback does not support {strategy}: its parameters are sharded "
+            "across ranks, so rank zero cannot run the model alone. Use strategy='ddp' "
+            "(or explain a checkpoint after training with compute_cam)."
+        )
 
 
+def _run(trainer: Trainer, pl_module: LightningModule, stage: str) -> Run:
+    return Run(stage, trainer.current_epoch, trainer.global_step, api.fitting(trainer),
+               api.model_inputs(trainer, pl_module))
 
 
+@contextmanager
+def _noted(note: str) -> Iterator[None]:
+    """Add ``note`` to an exception passing through (Python 3.11+ shows it below it)."""
+    try:
+        yield
+    except Exception as error:
+        if hasattr(error, "add_note"):
+            error.add_note(note)
+        raise
 
 
+def _option(name: str) -> property:
+    def get(self: GradCAMCallback) -> Any:
+        return self._options.arguments[name]
+
+    def set_(self: GradCAMCallback, value: Any) -> None:
+        self._configure(validated_options(**{**self._options.arguments, name: value}))
+
+    return property(get, set_, doc=f"The ``{name}`` option; setting it validates it and "
+                                   "applies it everywhere, or raises and changes nothing.")
 
 
+def _view(doc: str, read: Callable[[GradCAMCallback], Any]) -> property:
+    return property(read, doc=doc)
 
+
+# Every constructor argument reads (and sets) as an attribute.
+for _name in list(inspect.signature(GradCAMCallback.__init__).parameters)[1:]:
+    setattr(GradCAMCallback, _name, _option(_name))
+
+# Read-only views of what the callback holds.
+_VIEWS: dict[str, tuple[str, Callable[[GradCAMCallback], Any]]] = {
+    "options": ("The validated options, in their groups.", lambda c: c._options),
+    "failures": ("The failed runs since the last fit/validate/test started, as reported "
+                 "(run, step, error, cause, fix).", lambda c: tuple(c._guard.failures)),
+    "switched_off": ("Whether the callback switched itself off after failed runs in a row.",
+                     lambda c: c._guard.switched_off),
+    "samples": ("The fixed validation samples (indices, inputs, labels, masks), or None "
+                "before the first run.", lambda c: c._observer.samples.cached("validate")),
+    "history": ("The maps of every logged validation run (epochs, steps, maps).",
+                lambda c: c._observer.history),
+    "layer_name": ("The layer explained: target_layer, or the one chosen automatically.",
+                   lambda c: c._observer.explainer.layer_name),
+    "last_metrics": ("The last run's scalars by tag, as logged.",
+                     lambda c: c._observer.last_metrics),
+    "last_statistics": ("The last run's many-sample statistics, or None.",
+                        lambda c: c._observer.statistics.last),
+    "last_grid": ("The last grid (its first page), uint8 (3, H, W).",
+                  lambda c: c._observer.pictures.last_grid),
+    "last_pages": ("The last grid's pages.", lambda c: c._observer.pictures.last_pages),
+    "last_class_maps": ("The last class-maps picture.",
+                        lambda c: c._observer.pictures.last_class_maps),
+    "last_filmstrip": ("The last filmstrip (its first page).",
+                       lambda c: c._observer.pictures.last_filmstrip),
+}
+for _name, (_doc, _read) in _VIEWS.items():
+    setattr(GradCAMCallback, _name, _view(_doc, _read))

@@ -20,7 +20,8 @@ atomically (``mkdir``), so runs that share a folder never overwrite each other's
 ``DummyLogger`` (``fast_dev_run``) gets nothing. wandb and mlflow are imported by their
 loggers only when a picture is sent to them, never by this module.
 
-Scalars are not sinks' business: they go to every logger through ``log_metrics``.
+:class:`PictureSinks` is what the callback holds: the sinks of one run, chosen at its
+first picture; it also hands the run's scalars to every logger's ``log_metrics``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import inspect
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,17 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from gradcam_callback.render import encode_image
+from gradcam_callback.notices import Notices
+from gradcam_callback.options import PictureOptions
+from gradcam_callback.render.encode import encode_image, to_pil
+from gradcam_callback.render.pages import page_tags
 
 __all__ = [
     "FileSink",
     "ImageSink",
     "LogImageSink",
     "MLflowSink",
+    "PictureSinks",
     "TensorBoardSink",
     "WandbSink",
     "claim_run_directory",
@@ -177,6 +183,69 @@ class FileSink(ImageSink):
         return f"files in {self.directory}"
 
 
+class PictureSinks:
+    """The sinks of the current run (chosen at its first picture), where files go, and the
+    loggers' scalars.
+
+    Args:
+        options: the picture options (``image_format``, ``image_dir``).
+        notices: where "no picture is saved anywhere" is said.
+        progress: told ``("writing", where)`` before each write (the failure report names it).
+    """
+
+    def __init__(self, options: PictureOptions, notices: Notices,
+                 progress: Callable[[str, str], None]) -> None:
+        self.options = options
+        self._notices = notices
+        self._progress = progress
+        self._loggers: list[Logger] = []
+        self._root: str | Path | None = None
+        self._sinks: list[ImageSink] | None = None
+
+    def start(self, loggers: list[Logger], default_root_dir: str | Path | None) -> None:
+        """A new run (fit, validate, test) with these loggers: the sinks are chosen again
+        at its first picture."""
+        self._loggers, self._root, self._sinks = list(loggers), default_root_dir, None
+
+    def log(self, tag: str, picture: Tensor, step: int, caption: str = "") -> None:
+        """``picture`` to every sink at ``step``."""
+        for sink in self._current():
+            self._progress("writing", sink.describe())
+            sink.log_image(tag, picture, step, caption)
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        """Every logger's ``log_metrics`` at ``step``."""
+        for logger in self._loggers:
+            logger.log_metrics(dict(scalars), step=step)
+
+    def log_pages(self, tag: str, pages: list[Tensor], step: int, caption: str = "") -> None:
+        """Each page: ``tag`` for one, ``tag/page_<k>`` for several."""
+        for page_tag, page in zip(page_tags(tag, len(pages)), pages, strict=True):
+            self.log(page_tag, page, step, caption)
+
+    def file_directory(self) -> Path | None:
+        """Where files of this run go (GIFs): ``image_dir``'s run folder when given, else
+        the run's own folder, else a logger's ``<log_dir>/gradcam``; ``None`` if nowhere."""
+        files = [sink.directory for sink in self._current() if isinstance(sink, FileSink)]
+        if files:
+            return files[-1]
+        for logger in self._loggers:
+            directory = getattr(logger, "log_dir", None)
+            if directory and not _is_dummy(logger):
+                return Path(directory) / "gradcam"
+        return None
+
+    def _current(self) -> list[ImageSink]:
+        if self._sinks is None:
+            self._sinks = image_sinks(self._loggers, self.options.image_dir,
+                                      self.options.image_format, self._root)
+            if not self._sinks:
+                self._notices.warn_once(
+                    "no_sinks", "GradCAMCallback: no logger takes pictures and no image_dir "
+                    "is set; pictures are not saved. Pass image_dir= to write them as files.")
+        return self._sinks
+
+
 def image_sinks(loggers: list[Logger], image_dir: str | Path | None, image_format: str,
                 default_root_dir: str | Path | None = None) -> list[ImageSink]:
     """The sinks for a trainer's loggers (one per logger), plus files in ``image_dir``.
@@ -250,13 +319,6 @@ def claim_run_directory(parent: str | Path) -> Path:
             number += 1
             continue
         return candidate
-
-
-def to_pil(picture: Tensor) -> Any:
-    """uint8 ``(3, H, W)`` as a PIL RGB image (what W&B, MLflow and most loggers accept)."""
-    from PIL import Image
-
-    return Image.fromarray(picture.permute(1, 2, 0).contiguous().numpy())
 
 
 def _file_stem(tag: str) -> str:

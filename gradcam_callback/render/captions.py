@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 __all__ = ["class_name", "prediction_captions", "run_header", "sample_title"]
@@ -22,8 +23,9 @@ def prediction_captions(
     """Per sample, caption lines and whether the prediction is wrong.
 
     Lines: ``"true: <class>"`` when ``labels`` are given, and ``"pred: <class> <p>"`` when
-    the logits are ``(N, classes)`` (``p`` the softmax probability, two decimals). A sample
-    is wrong when both are known and differ.
+    the logits are ``(N, classes)`` (``p`` the softmax probability, two decimals;
+    ``"pred: output not finite"`` for NaN or infinite logits). A sample is wrong when both
+    are known and differ.
 
     Example::
 
@@ -38,8 +40,13 @@ def prediction_captions(
         for i in range(count):
             lines[i].append(f"true: {class_name(int(labels[i]), class_names)}")
     if logits.dim() == 2:
-        confidence, predicted = logits.detach().float().softmax(dim=1).max(dim=1)
+        scores = logits.detach().float()
+        finite = torch.isfinite(scores).all(dim=1)
+        confidence, predicted = scores.softmax(dim=1).max(dim=1)
         for i in range(count):
+            if not finite[i]:
+                lines[i].append("pred: output not finite")
+                continue
             lines[i].append(
                 f"pred: {class_name(int(predicted[i]), class_names)} {confidence[i].item():.2f}"
             )

@@ -1,4 +1,5 @@
-"""Pictures as bytes: PNG, JPEG and animated GIF (Pillow, only here and in the grid)."""
+"""Pictures as bytes (PNG, JPEG, animated GIF) and as PIL images for loggers (Pillow, only
+here and in the grid)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from gradcam_callback._checks import check_choice
 
-__all__ = ["IMAGE_FORMATS", "encode_gif", "encode_image"]
+__all__ = ["IMAGE_FORMATS", "encode_gif", "encode_image", "to_pil"]
 
 IMAGE_FORMATS = ("png", "jpeg")
 
@@ -26,7 +27,7 @@ def encode_image(picture: Tensor, image_format: str = "png") -> bytes:
     """
     check_choice("image_format", image_format, IMAGE_FORMATS)
     buffer = io.BytesIO()
-    image = Image.fromarray(_as_array(picture.permute(1, 2, 0).contiguous()))
+    image = to_pil(picture)
     if image_format == "png":
         image.save(buffer, format="PNG", compress_level=1)
     else:
@@ -34,13 +35,16 @@ def encode_image(picture: Tensor, image_format: str = "png") -> bytes:
     return buffer.getvalue()
 
 
+def to_pil(picture: Tensor) -> Image.Image:
+    """uint8 ``(3, H, W)`` as a PIL RGB image (what W&B, MLflow and most loggers accept)."""
+    return Image.fromarray(_as_array(picture.permute(1, 2, 0).contiguous()))
 
 
 def encode_gif(frames: Sequence[Tensor], duration_ms: int = 700) -> bytes:
     """An endlessly looping animated GIF of uint8 ``(3, H, W)`` frames of one size."""
     if not frames:
         raise ValueError("encode_gif needs at least one frame")
-    pictures = [Image.fromarray(_as_array(f.permute(1, 2, 0).contiguous())) for f in frames]
+    pictures = [to_pil(frame) for frame in frames]
     buffer = io.BytesIO()
     pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:],
                      duration=duration_ms, loop=0)

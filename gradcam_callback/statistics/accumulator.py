@@ -1,15 +1,14 @@
-"""Attention statistics over many validation samples: means with their spread, class maps,
-and how fixed the evidence's location is; computed in chunks, gathered across ranks.
+"""Running sums of the attention statistics: means with their spread, class maps, and how
+fixed the evidence's location is; added up across ranks.
 
-The callback shows a handful of images, but a scalar from 8 images is noise. Here every
-rank explains its share of the first ``metric_samples`` validation samples (rank ``r``
-takes indices ``r, r + world, ...``), ``chunk_size`` at a time, and folds each chunk into
-running sums; memory is set by the chunk (plus 1 KB per sample for the consistency's top
-cells), not by the number of samples. The sums of all ranks are then added (every rank
-takes part in every collective, in the same order), so every rank ends with the same
-numbers, and can hand them to ``EarlyStopping`` or an alarm with the same outcome. Before
-each sum the ranks agree on whether any of them failed; if one did, all raise together
-(:class:`RankFailed` on the others) instead of leaving a rank waiting.
+:class:`AttentionStatistics` folds in one chunk of explained samples at a time
+(:meth:`~AttentionStatistics.update`), so memory is set by the chunk (plus 1 KB per sample
+for the consistency's top cells), not by the number of samples. The sums of all ranks are
+then added (:meth:`~AttentionStatistics.reduce`: every rank takes part in every collective,
+in the same order), so every rank ends with the same numbers and can hand them to
+``EarlyStopping`` or an alarm with the same outcome. Before the sum the ranks agree on
+whether any of them failed; if one did, all raise together (:class:`RankFailed` on the
+others) instead of leaving a rank waiting.
 
 Per scalar (the suffixes of :func:`gradcam_callback.metrics.attention_scalars`, plus
 ``location_consistency``) three numbers come out, for ``N`` samples with values ``x_i``:
@@ -19,6 +18,10 @@ Per scalar (the suffixes of :func:`gradcam_callback.metrics.attention_scalars`, 
   mean(x)^2)``, the population formula);
 - ``<name>_ci95``: the half-width of the normal-approximation 95% interval of the mean,
   ``1.96 * std / sqrt(N)`` (how much the mean itself could move with other samples).
+
+A number that is undefined (no sample to average; a spread of fewer than two samples) is
+never NaN: it is left out of :attr:`StatisticsResult.scalars` and named, with its cause,
+in :attr:`StatisticsResult.undefined`.
 
 Nothing here imports Lightning: the collectives come in as two callables, so the same code
 runs under a Lightning strategy, plain ``torch.distributed``, or on one process.
@@ -32,23 +35,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from gradcam_callback.engine import explain_batch
 from gradcam_callback.metrics import attention_scalars, top_cells
-from gradcam_callback.ops import min_max, resize_maps
+from gradcam_callback.ops import shrink_maps, shrunk_size
 
 __all__ = [
+    "CONSISTENCY",
     "MAP_SIZE",
     "MIN_CELLS",
-    "Alarm",
     "AttentionStatistics",
+    "Broadcast",
     "RankFailed",
+    "Reduce",
     "StatisticsResult",
-    "collect_statistics",
-    "earlier_layer",
-    "parse_alarms",
+    "agree",
+    "cell_pixels",
+    "summarise",
     "summary_names",
 ]
 
@@ -61,7 +64,6 @@ MIN_CELLS = 4
 Z95 = 1.959964
 CONSISTENCY = "location_consistency"
 
-ReadChunk = Callable[[Sequence[int]], tuple[Tensor, Tensor | None, dict[str, Tensor]]]
 Reduce = Callable[[Tensor], Tensor]
 Broadcast = Callable[[Any], Any]
 
@@ -71,7 +73,9 @@ class StatisticsResult:
     """What one statistics run produces (identical on every rank).
 
     Attributes:
-        scalars: ``name -> mean`` plus ``name_std`` and ``name_ci95`` for every scalar.
+        scalars: ``name -> mean`` plus ``name_std`` and ``name_ci95`` for every scalar
+            that is defined; never NaN.
+        undefined: the scalars left out of ``scalars`` this time, each with its cause.
         count: how many samples were explained (all ranks together).
         by_prediction: mean map per predicted class ``(C, h, w)`` (zeros where no sample).
         prediction_counts: samples per predicted class ``(C,)``.
@@ -83,6 +87,7 @@ class StatisticsResult:
     """
 
     scalars: dict[str, float]
+    undefined: dict[str, str]
     count: int
     by_prediction: Tensor
     prediction_counts: Tensor
@@ -107,6 +112,34 @@ def cell_pixels(input_size: Sequence[int], layer_size: Sequence[int]) -> int:
 def summary_names(name: str) -> tuple[str, str, str]:
     """The three tags of one scalar: mean, ``_std`` and ``_ci95``."""
     return name, f"{name}_std", f"{name}_ci95"
+
+
+def summarise(name: str, count: float, total: float, squares: float
+              ) -> tuple[dict[str, float], dict[str, str]]:
+    """Mean, ``_std`` and ``_ci95`` of one scalar from its moments ``(N, sum x, sum x^2)``,
+    and the causes of those that are undefined (no sample; fewer than two for a spread).
+
+    Example::
+
+        >>> summarise("lift", 4, 8.0, 20.0)
+        ({'lift': 2.0, 'lift_std': 1.0, 'lift_ci95': 0.979982}, {})
+        >>> summarise("lift", 1, 2.0, 4.0)[1]["lift_ci95"]
+        'a spread needs at least two samples, and 1 had a value'
+    """
+    mean_name, std_name, ci_name = summary_names(name)
+    if count < 1:
+        cause = _NO_VALUE.get(name, "no sample had a value")
+        return {}, {mean_name: cause, std_name: cause, ci_name: cause}
+    mean = total / count
+    if count < 2:
+        cause = "a spread needs at least two samples, and 1 had a value"
+        return {mean_name: mean}, {std_name: cause, ci_name: cause}
+    std = math.sqrt(max(0.0, squares / count - mean * mean))
+    return {mean_name: mean, std_name: std, ci_name: Z95 * std / math.sqrt(count)}, {}
+
+
+_NO_VALUE = {CONSISTENCY: "no sample had another sample of its predicted class to compare "
+                          "with (each class had at most one)"}
 
 
 @dataclass
@@ -154,7 +187,7 @@ class AttentionStatistics:
         predictions = (logits.detach().float().argmax(1).cpu() if logits.dim() == 2
                        else torch.zeros(len(cams), dtype=torch.long))  # one group
         self._ensure_classes(logits.shape[1] if logits.dim() == 2 else 1, inputs)
-        small = _shrink(cams, self.map_size)
+        small = shrink_maps(cams, self.map_size)
         self._add_class_maps(small, predictions, labels)
         top = top_cells(small)
         valid = top.any(dim=1)
@@ -163,9 +196,10 @@ class AttentionStatistics:
         self.top_counts.index_add_(  # type: ignore[union-attr]
             0, groups, torch.ones(len(groups), dtype=torch.float64))
         self._tops.append((top, groups))
-        image = F.interpolate(inputs.detach().float().cpu(), size=_image_size(cams),
-                              mode="bilinear", antialias=True, align_corners=False)
-        self.image_sum += image.sum(0).double()  # type: ignore[operator]
+        images = inputs.detach().float().cpu()
+        small_images = shrink_maps(images.flatten(0, 1), IMAGE_SIZE)
+        self.image_sum += small_images.view(*images.shape[:2], *small_images.shape[-2:]) \
+            .sum(0).double()  # type: ignore[operator]
         self.count += len(cams)
 
     def layout(self) -> dict[str, Any]:
@@ -202,7 +236,7 @@ class AttentionStatistics:
                                  f"{layout} (inputs of another size on this rank?)")
         except Exception as error:  # every rank must hear of it before the sum
             failure = error
-        _agree(failure, reduce_sum, device)
+        agree(failure, reduce_sum, device)
         total = _reduce_parts(parts, reduce_sum, device)
         for name, value in zip(layout["names"], total, strict=False):
             self.moments[name] = value
@@ -225,16 +259,16 @@ class AttentionStatistics:
         if CONSISTENCY not in self.moments and self.top_sums is not None:
             self.moments[CONSISTENCY] = self._consistency_moments()
         scalars: dict[str, float] = {}
-        for name, (count, total, squares) in sorted(self.moments.items()):
-            mean = total / count if count > 0 else float("nan")
-            std = math.sqrt(max(0.0, squares / count - mean * mean)) if count > 0 else math.nan
-            ci95 = Z95 * std / math.sqrt(count) if count > 0 else float("nan")
-            for tag, value in zip(summary_names(name), (mean, std, ci95), strict=True):
-                scalars[tag] = float(value)
+        undefined: dict[str, str] = {}
+        for name, moments in sorted(self.moments.items()):
+            values, causes = summarise(name, *(float(m) for m in moments))
+            scalars.update(values)
+            undefined.update(causes)
         size = (self.map_size, self.map_size)
         empty = torch.zeros(0, *size)
         return StatisticsResult(
             scalars=scalars,
+            undefined=undefined,
             count=self.count,
             by_prediction=_means(self.prediction_sums, self.prediction_counts, empty),
             prediction_counts=_counts(self.prediction_counts),
@@ -258,10 +292,9 @@ class AttentionStatistics:
     def _ensure_classes(self, num_classes: int, inputs: Tensor) -> None:
         if self.prediction_sums is not None and num_classes <= self.num_classes:
             return
-        height, width = _image_size(torch.zeros(1, *inputs.shape[-2:]))
+        height, width = shrunk_size(inputs.shape[-2:], IMAGE_SIZE)
         self._adopt({"num_classes": num_classes,
-                     "map_shape": tuple(_shrink(torch.zeros(1, *inputs.shape[-2:]),
-                                                self.map_size).shape[1:]),
+                     "map_shape": shrunk_size(inputs.shape[-2:], self.map_size),
                      "image_shape": (inputs.shape[1], height, width)})
 
     def _adopt(self, layout: dict[str, Any]) -> None:
@@ -317,80 +350,11 @@ class AttentionStatistics:
         return moments
 
 
-def collect_statistics(
-    model: nn.Module,
-    read_chunk: ReadChunk,
-    indices: Sequence[int],
-    target_layer: str | nn.Module | None,
-    *,
-    targets: Callable[[Tensor | None], Any] = lambda labels: None,
-    chunk_size: int = 64,
-    explain_options: dict[str, Any] | None = None,
-    reduce_sum: Reduce | None = None,
-    broadcast: Broadcast | None = None,
-    device: torch.device | str = "cpu",
-    prepare: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[StatisticsResult, str | None]:
-    """Explain ``indices`` (this rank's share) in chunks and return the all-rank statistics.
-
-    Args:
-        model: the model to explain.
-        read_chunk: ``indices -> (inputs, labels or None, masks)`` for a few samples.
-        indices: the dataset indices this rank explains (may be empty).
-        target_layer: passed to :func:`explain_batch`.
-        targets: ``labels -> targets`` for :func:`explain_batch` (``None`` = predicted).
-        chunk_size: samples per read and per forward pass.
-        explain_options: more keyword arguments for :func:`explain_batch` (method,
-            reshape_transform, output_transform).
-        reduce_sum: adds a tensor over all ranks (``None`` on one process).
-        broadcast: sends rank zero's object to every rank (``None`` on one process).
-        device: where the collectives' tensors live (the model's device for NCCL).
-        prepare: applied to the inputs before the model (precision conversion).
-
-    Returns:
-        The statistics, and the layer's name as the engine resolved it (``None`` when this
-        rank explained nothing).
-
-    Raises:
-        Exception: what failed on this rank, or :class:`RankFailed` on a rank whose own part
-            worked while another's failed. With ``reduce_sum`` given, every rank first takes
-            part in one collective that tells whether any rank failed, so all ranks raise
-            together and none waits for a rank that gave up.
-    """
-    statistics = AttentionStatistics()
-    layer_name: str | None = None
-    options = dict(explain_options or {})
-    failure: Exception | None = None
-    try:
-        for start in range(0, len(indices), chunk_size):
-            inputs, labels, masks = read_chunk(list(indices[start : start + chunk_size]))
-            model_inputs = prepare(inputs) if prepare is not None else inputs
-            explained = explain_batch(model, model_inputs, layer_name or target_layer,
-                                      targets(labels), output_size=None, normalize=False,
-                                      batch_size=chunk_size, **options)
-            layer_name = explained.layer_name
-            raw = explained.cams
-            cams = min_max(resize_maps(raw.float(), inputs.shape[-2:]))
-            statistics.update(cams, raw.shape[-2:], inputs, explained.logits, labels, masks)
-            # let this chunk go before the next is read: memory is one chunk, not two
-            del inputs, labels, masks, model_inputs, explained, raw, cams
-    except Exception as error:  # every rank must hear of it before any sum
-        failure = error
-    if reduce_sum is not None:
-        # Before any sum, the ranks agree on whether all of them got this far: a rank whose
-        # own part failed must not leave the others waiting in a collective it never joins.
-        _agree(failure, reduce_sum, device)
-    elif failure is not None:
-        raise failure
-    statistics.reduce(reduce_sum or (lambda t: t), broadcast or (lambda o: o), device)
-    return statistics.result(), layer_name
-
-
 class RankFailed(RuntimeError):
     """The statistics failed on another rank, so this rank skips them too."""
 
 
-def _agree(failure: Exception | None, reduce_sum: Reduce, device: torch.device | str) -> None:
+def agree(failure: Exception | None, reduce_sum: Reduce, device: torch.device | str) -> None:
     """One collective: how many ranks failed. Raise this rank's own ``failure``, or
     :class:`RankFailed` when only others failed; return when none did."""
     flag = torch.tensor([float(failure is not None)], dtype=torch.float64)
@@ -406,34 +370,6 @@ def _numel(parts: Sequence[Tensor | None]) -> int:
     return sum(0 if part is None else part.numel() for part in parts)
 
 
-def earlier_layer(model: nn.Module, inputs: Tensor, layer_name: str,
-                  min_cells: int = MIN_CELLS) -> str | None:
-    """The last layer before ``layer_name`` whose output is at least ``min_cells`` on each
-    side (one probe forward under ``no_grad``, hooks removed after), or ``None``."""
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(
-                    lambda _m, _a, out, name=name: shapes.append((name, tuple(out.shape)))
-                    if isinstance(out, Tensor) else None))
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    names = [name for name, _ in shapes]
-    if layer_name not in names:
-        return None
-    before = shapes[: names.index(layer_name)]
-    for name, shape in reversed(before):
-        if len(shape) == 4 and min(shape[2], shape[3]) >= min_cells \
-                and not layer_name.startswith(name + "."):
-            return name
-    return None
-
-
 def _reduce_parts(parts: Sequence[Tensor | None], reduce_sum: Reduce,
                   device: torch.device | str) -> list[Tensor]:
     """Add every part over all ranks with one collective on one flat float64 tensor."""
@@ -447,23 +383,6 @@ def _reduce_parts(parts: Sequence[Tensor | None], reduce_sum: Reduce,
     return out
 
 
-def _shrink(maps: Tensor, side: int) -> Tensor:
-    """Maps resized to ``side`` on the longer side (antialiased), aspect ratio kept."""
-    height, width = maps.shape[-2:]
-    scale = side / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    if size == (height, width):
-        return maps.float()
-    return F.interpolate(maps.float().unsqueeze(1), size=size, mode="bilinear",
-                         antialias=scale < 1, align_corners=False).squeeze(1)
-
-
-def _image_size(maps: Tensor) -> tuple[int, int]:
-    height, width = maps.shape[-2:]
-    scale = min(1.0, IMAGE_SIZE / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def _means(sums: Tensor | None, counts: Tensor | None, empty: Tensor) -> Tensor:
     if sums is None or counts is None:
         return empty
@@ -472,67 +391,3 @@ def _means(sums: Tensor | None, counts: Tensor | None, empty: Tensor) -> Tensor:
 
 def _counts(counts: Tensor | None) -> Tensor:
     return torch.zeros(0, dtype=torch.long) if counts is None else counts.round().long()
-
-
-_COMPARISONS = (">=", "<=", ">", "<")
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """One threshold on a scalar: ``metric`` (tag suffix, e.g. ``"lift/watermark_mask"``),
-    ``op`` (one of ``>``, ``>=``, ``<``, ``<=``) and ``threshold``."""
-
-    metric: str
-    op: str
-    threshold: float
-
-    def fires(self, value: float) -> bool:
-        """Whether ``value`` crosses the threshold (NaN never does)."""
-        if math.isnan(value):
-            return False
-        return {">": value > self.threshold, ">=": value >= self.threshold,
-                "<": value < self.threshold, "<=": value <= self.threshold}[self.op]
-
-    def describe(self) -> str:
-        return f"{self.metric} {self.op} {self.threshold:g}"
-
-
-def parse_alarms(alarms: object) -> list[Alarm]:
-    """``{"lift/watermark_mask": ">2", "border_lift": "<= 0.5"}`` as :class:`Alarm` s.
-
-    Keys are tag suffixes after ``gradcam/<layer>/`` (a full ``gradcam/...`` tag is cut
-    there); values a comparison and a number, as a string (YAML-friendly).
-
-    Raises:
-        TypeError: ``alarms`` is not a mapping of strings.
-        ValueError: a condition that is not ``<op><number>``.
-    """
-    if alarms is None:
-        return []
-    if not isinstance(alarms, dict):
-        raise TypeError(f"alarms={alarms!r}: must be a mapping metric -> condition, e.g. "
-                        "{'lift/watermark_mask': '>2'}")
-    parsed = []
-    for metric, condition in alarms.items():
-        if not isinstance(metric, str) or not isinstance(condition, str):
-            raise TypeError(f"alarms={alarms!r}: keys and conditions must be strings, e.g. "
-                            "{'lift/watermark_mask': '>2'}")
-        text = condition.strip()
-        op = next((o for o in _COMPARISONS if text.startswith(o)), None)
-        try:
-            threshold = float(text[len(op):]) if op is not None else math.nan
-        except ValueError:
-            threshold = math.nan
-        if op is None or not math.isfinite(threshold):
-            raise ValueError(f"alarms[{metric!r}]={condition!r}: a condition is one of "
-                             f"{', '.join(_COMPARISONS)} followed by a number, e.g. '>2'")
-        parsed.append(Alarm(_short_name(metric), op, threshold))
-    return parsed
-
-
-def _short_name(metric: str) -> str:
-    """``gradcam/<layer>/lift/x`` -> ``lift/x``; a suffix stays as it is."""
-    if metric.startswith("gradcam/"):
-        parts = metric.split("/")
-        return "/".join(parts[2:]) if len(parts) > 2 else metric
-    return metric

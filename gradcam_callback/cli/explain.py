@@ -125,7 +125,7 @@ def explain(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     images = _read_images(args.image, args.size, args.grayscale, args.resize)
     inputs = _normalise(images, args.mean, args.std)
-    from gradcam_callback.lightning.loading import load_model
+    from gradcam_callback.cli.loading import load_model
 
     model = load_model(args.model, args.model_arg, args.checkpoint, args.weights)
     targets = _targets(args, class_names, len(args.image))

@@ -11,7 +11,7 @@ inside where its value is above one half, here and in :mod:`gradcam_callback.met
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +19,17 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
+from gradcam_callback.notices import Notices
+from gradcam_callback.options import SampleOptions
+from gradcam_callback.samples.display import Display
+
 __all__ = [
     "MASK_THRESHOLD",
     "FixedSamples",
     "SampleReader",
-    "current_dataloaders",
-    "requested_dataloaders",
+    "dataset_class_names",
+    "dataset_size",
+    "empty_masks",
 ]
 
 MASK_THRESHOLD = 0.5
@@ -33,15 +38,18 @@ MASK_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class FixedSamples:
-    """The samples the callback explains, on the CPU.
+    """Samples the callback explains, on the CPU, with how to name and show them.
 
     Attributes:
         indices: their dataset indices.
         inputs: the model inputs ``(N, C, H, W)`` as the loader's collate made them.
         labels: class indices ``(N,)``, or ``None`` when the batch has none.
         masks: named bool region masks ``(N, H, W)``.
-        label_note: why the batch's labels are not used as class indices (their dtype
-            and shape), or ``None`` when they are or when there are none.
+        label_note: when ``labels`` is ``None``: why (no labels; labels that are not class
+            indices, with their dtype and shape) and what to do.
+        class_names: the names shown for class indices: the ``class_names`` option, else
+            the dataset's own (``classes`` or ``class_names``), else ``None`` (indices).
+        display: how to show the inputs (see :mod:`.display`).
     """
 
     indices: list[int]
@@ -49,26 +57,30 @@ class FixedSamples:
     labels: Tensor | None
     masks: dict[str, Tensor] = field(default_factory=dict)
     label_note: str | None = None
+    class_names: Sequence[str] | None = None
+    display: Display = field(default_factory=Display.batch_scaled)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The inputs' ``(H, W)``."""
+        return int(self.inputs.shape[-2]), int(self.inputs.shape[-1])
 
 
 @dataclass(frozen=True)
 class SampleReader:
-    """How to find and read the fixed samples (the callback's sample options)."""
+    """How to find and read samples by index (the callback's sample options).
 
-    num_samples: int = 8
-    sample_indices: Sequence[int] | None = None
-    dataloader_idx: int = 0
-    input_key: str = "image"
-    label_key: str = "label"
-    batch_to_input: Callable[[Any], Any] | None = None
-    mask_keys: Sequence[str] | None = None
-    mask_fn: Callable[[Any], dict[str, Tensor]] | None = None
+    Example::
 
-    def wanted_indices(self) -> list[int]:
-        """The dataset indices asked for, before checking the dataset's size."""
-        if self.sample_indices is not None:
-            return list(self.sample_indices)
-        return list(range(self.num_samples))
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> data = TensorDataset(torch.zeros(10, 3, 8, 8), torch.arange(10))
+        >>> read = SampleReader().read(DataLoader(data), [2, 5], "validate")
+        >>> read.indices, read.labels.tolist(), tuple(read.inputs.shape)
+        ([2, 5], [2, 5], (2, 3, 8, 8))
+    """
+
+    options: SampleOptions = field(default_factory=SampleOptions)
 
     def dataloader(self, loaders: Any, stage: str) -> DataLoader:
         """The ``dataloader_idx``-th of a trainer's ``val_dataloaders``/``test_dataloaders``."""
@@ -79,16 +91,16 @@ class SampleReader:
             loaders = list(loaders.values())
         if not isinstance(loaders, (list, tuple)):
             loaders = [loaders]
-        if self.dataloader_idx >= len(loaders):
+        if self.options.dataloader_idx >= len(loaders):
             raise ValueError(
-                f"dataloader_idx={self.dataloader_idx}: there "
+                f"dataloader_idx={self.options.dataloader_idx}: there "
                 f"{'is' if len(loaders) == 1 else 'are'} {len(loaders)} {stage} dataloader(s); "
                 f"valid: 0..{len(loaders) - 1}"
             )
-        return loaders[self.dataloader_idx]
+        return loaders[self.options.dataloader_idx]
 
     def read(self, loader: DataLoader, indices: Sequence[int], stage: str,
-             warn: Callable[[str, str], None]) -> FixedSamples:
+             notices: Notices | None = None) -> FixedSamples:
         """Fetch ``indices`` from the loader's dataset, collate, split and find the masks.
 
         Raises:
@@ -97,30 +109,31 @@ class SampleReader:
         """
         if not hasattr(loader, "dataset"):
             raise ValueError(
-                f"dataloader_idx={self.dataloader_idx}: the {stage} dataloader is a "
+                f"dataloader_idx={self.options.dataloader_idx}: the {stage} dataloader is a "
                 f"{type(loader).__name__} without a dataset; GradCAMCallback reads samples by "
                 "index from a torch DataLoader's dataset"
             )
         # a validate or test loop runs in inference mode; tensors made there cannot take
         # part in autograd later (the CAM pass), so the samples are made outside it
+        notices = notices if notices is not None else Notices()
         with torch.inference_mode(False):
-            collated, found = self._collate(loader, list(indices), stage, warn)
+            collated, found = self._collate(loader, list(indices), stage, notices)
             inputs, labels, note = self._split(collated)
-            masks = self.masks(collated, inputs, warn)
+            masks = self.masks(collated, inputs, notices)
             inputs = inputs.detach().cpu()
             if inputs.is_inference():
                 inputs = inputs.clone()
         return FixedSamples(found, inputs, labels, masks, note)
 
     def _collate(self, loader: DataLoader, wanted: list[int], stage: str,
-                 warn: Callable[[str, str], None]) -> tuple[Any, list[int]]:
+                 notices: Notices) -> tuple[Any, list[int]]:
         dataset = loader.dataset
         if isinstance(dataset, IterableDataset):
             items = list(itertools.islice(iter(dataset), max(wanted) + 1))
             indices = [i for i in wanted if i < len(items)]
         else:
             size = len(dataset)  # type: ignore[arg-type]
-            if self.sample_indices is not None:
+            if self.options.sample_indices is not None:
                 beyond = [i for i in wanted if i >= size]
                 if beyond:
                     raise ValueError(
@@ -132,9 +145,9 @@ class SampleReader:
         if not indices:
             raise ValueError(f"GradCAMCallback: the {stage} dataset is empty")
         if len(indices) < len(wanted):
-            warn("few_samples",
-                 f"GradCAMCallback asked for {len(wanted)} samples, the {stage} dataset has "
-                 f"{len(indices)}: showing {len(indices)}.")
+            notices.warn_once("few_samples",
+                              f"GradCAMCallback asked for {len(wanted)} samples, the {stage} "
+                              f"dataset has {len(indices)}: showing {len(indices)}.")
         collate = loader.collate_fn or default_collate
         return collate([items[i] for i in indices]), indices
 
@@ -144,9 +157,9 @@ class SampleReader:
         return inputs, labels
 
     def _split(self, batch: Any) -> tuple[Tensor, Tensor | None, str | None]:
-        """``(inputs, labels, note)``; ``note`` says why labels found are not class indices."""
-        if self.batch_to_input is not None:
-            out = self.batch_to_input(batch)
+        """``(inputs, labels, note)``; without labels, ``note`` says why and what to do."""
+        if self.options.batch_to_input is not None:
+            out = self.options.batch_to_input(batch)
             if isinstance(out, (tuple, list)) and len(out) in (1, 2):
                 inputs, labels = out[0], (out[1] if len(out) == 2 else None)
             elif isinstance(out, (tuple, list)):
@@ -157,12 +170,12 @@ class SampleReader:
             else:
                 inputs, labels = out, None
         elif isinstance(batch, dict):
-            if self.input_key not in batch:
+            if self.options.input_key not in batch:
                 raise ValueError(
-                    f"input_key={self.input_key!r}: the batch is a dict with keys "
+                    f"input_key={self.options.input_key!r}: the batch is a dict with keys "
                     f"{sorted(map(str, batch))}; set input_key (and label_key) to match"
                 )
-            inputs, labels = batch[self.input_key], batch.get(self.label_key)
+            inputs, labels = batch[self.options.input_key], batch.get(self.options.label_key)
         elif isinstance(batch, (tuple, list)):
             inputs = batch[0]
             labels = batch[1] if len(batch) > 1 else None
@@ -170,7 +183,7 @@ class SampleReader:
             inputs, labels = batch, None
         if not isinstance(inputs, Tensor) or inputs.dim() != 4:
             shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-            source = ("batch_to_input returned" if self.batch_to_input is not None
+            source = ("batch_to_input returned" if self.options.batch_to_input is not None
                       else "the batch holds")
             raise ValueError(
                 f"GradCAMCallback: expected image inputs (N, C, H, W), but {source} "
@@ -183,13 +196,20 @@ class SampleReader:
                 "convert and normalise them in the dataset (or in batch_to_input) as the "
                 "model expects"
             )
-        note = _label_problem(labels, len(inputs))
-        if note is not None:
-            labels = None  # one-hot, multi-label, masks...: not class indices, so not shown
-        return inputs, (labels.detach().cpu().clone() if labels is not None else None), note
+        problem = _label_problem(labels, len(inputs))
+        if problem is not None:  # one-hot, multi-label, masks...: not class indices
+            return inputs, None, (f"{problem}: convert them in the dataset (e.g. "
+                                  "labels.argmax(1) for one-hot), or return (inputs, class "
+                                  "indices) from batch_to_input")
+        if labels is None:
+            return inputs, None, (f"the batch has none: for dict samples set label_key (now "
+                                  f"{self.options.label_key!r}), or return (inputs, labels) "
+                                  "from batch_to_input; labels must be a 1-D integer tensor "
+                                  "(not one-hot or float)")
+        return inputs, labels.detach().cpu().clone(), None
 
     def masks(self, batch: Any, inputs: Tensor,
-              warn: Callable[[str, str], None]) -> dict[str, Tensor]:
+              notices: Notices | None = None) -> dict[str, Tensor]:
         """Named regions ``(N, H, W)`` bool, from ``mask_fn`` or the batch's mask keys.
 
         A ``(N, 1, H, W)`` mask is squeezed. With automatic discovery (keys ending in
@@ -197,16 +217,16 @@ class SampleReader:
         explicitly (``mask_keys``, ``mask_fn``) must be one.
         """
         explicit = True
-        if self.mask_fn is not None:
-            found = self.mask_fn(batch)
+        if self.options.mask_fn is not None:
+            found = self.options.mask_fn(batch)
             if not isinstance(found, dict):
                 raise ValueError(
                     f"mask_fn must return a dict name -> (N, H, W) mask, got "
                     f"{type(found).__name__}"
                 )
         elif isinstance(batch, dict):
-            explicit = self.mask_keys is not None
-            keys = self.mask_keys if self.mask_keys is not None else [
+            explicit = self.options.mask_keys is not None
+            keys = self.options.mask_keys if self.options.mask_keys is not None else [
                 k for k in batch if isinstance(k, str) and k.endswith("_mask")]
             missing = [k for k in keys if k not in batch]
             if missing:
@@ -227,8 +247,9 @@ class SampleReader:
                            f"got {shape}")
                 if explicit:
                     raise ValueError(f"GradCAMCallback: {message}")
-                warn(f"not_mask_{name}", f"GradCAMCallback: skipping batch key {name!r}: "
-                     f"{message}. Name the masks with mask_keys= to silence this.")
+                (notices or Notices()).warn_once(
+                    f"not_mask_{name}", f"GradCAMCallback: skipping batch key {name!r}: "
+                    f"{message}. Name the masks with mask_keys= to silence this.")
                 continue
             masks[str(name)] = mask.detach().cpu().float() > MASK_THRESHOLD
         return masks
@@ -252,36 +273,37 @@ def _label_problem(labels: object, count: int) -> str | None:
     return None
 
 
-def current_dataloaders(trainer: Any, stage: str) -> Any:
-    """The dataloaders the running ``stage`` loop has loaded, or ``None`` before it has.
+def empty_masks(samples: FixedSamples) -> dict[str, list[int]]:
+    """Per mask, the dataset indices of the samples for which it is empty."""
+    found = {}
+    for name, mask in samples.masks.items():
+        empty = (~mask.flatten(1).any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            found[name] = [samples.indices[i] for i in empty]
+    return found
 
-    Each loop's own: ``trainer.val_dataloaders`` would return those of an earlier ``fit``
-    during ``trainer.validate()``, and those of an earlier ``validate()`` during a ``fit``
-    whose validation loop has not loaded its own yet.
+
+def dataset_class_names(dataset: object) -> list[str] | None:
+    """A dataset's class names (torchvision's ``classes``, or ``class_names``), if any.
+
+    Example::
+
+        >>> class Data:
+        ...     classes = ["cat", "dog"]
+        >>> dataset_class_names(Data()), dataset_class_names(object())
+        (['cat', 'dog'], None)
     """
-    if stage == "test":
-        loop = getattr(trainer, "test_loop", None)
-    elif getattr(trainer.state, "fn", None) == "validate":
-        loop = getattr(trainer, "validate_loop", None)
-    else:
-        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-        loop = getattr(loop, "val_loop", None)
-    if loop is None or not hasattr(loop, "_combined_loader"):  # another Lightning layout
-        return trainer.test_dataloaders if stage == "test" else trainer.val_dataloaders
-    combined = loop._combined_loader
-    return combined.iterables if combined is not None else None
+    for attribute in ("classes", "class_names"):
+        names = getattr(dataset, attribute, None)
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+    return None
 
 
-def requested_dataloaders(trainer: Any) -> Any:
-    """Ask fit's validation data source for its dataloaders now, before the loop does.
-
-    For the check before training when no sanity check has loaded them. A datamodule's
-    or the model's ``val_dataloader()`` is called (once more than Lightning would); loaders
-    passed to ``fit`` directly are returned as they are. Returns ``None`` when fit has no
-    validation data. Callers preserve the RNG states around this call.
-    """
-    loop = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "val_loop", None)
-    source = getattr(loop, "_data_source", None)  # where Lightning itself will ask
-    if source is None or not source.is_defined():
-        return None
-    return source.dataloader()
+def dataset_size(dataset: object, limit: int) -> int:
+    """How many samples to take from a dataset: ``limit`` capped at its length (an
+    iterable dataset without a length is taken at its word)."""
+    try:
+        return min(limit, len(dataset))  # type: ignore[arg-type]
+    except TypeError:
+        return limit

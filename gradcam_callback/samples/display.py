@@ -29,6 +29,14 @@ class Display:
     joint: bool
     source: str
 
+    @classmethod
+    def batch_scaled(cls) -> Display:
+        """No known normalisation: min-max over the whole batch jointly."""
+        return cls(None, None, joint=True,
+                   source="no mean/std given and no Normalize in the validation dataset: "
+                          "inputs are min-max scaled over the whole batch jointly (pass "
+                          "mean= and std= to show them as they were before normalisation)")
+
 
 def find_normalize(dataset: Any) -> tuple[list[float], list[float]] | None:
     """``(mean, std)`` of the first torchvision ``Normalize`` (v1 or v2) in a dataset's
@@ -82,10 +90,7 @@ def choose_display(mean: Sequence[float] | None, std: Sequence[float] | None,
         return Display(found[0], found[1], joint=False,
                        source=f"mean={found[0]}, std={found[1]} from the validation dataset's "
                               "Normalize transform")
-    return Display(None, None, joint=True,
-                   source="no mean/std given and no Normalize in the validation dataset: "
-                          "inputs are min-max scaled over the whole batch jointly (pass "
-                          "mean= and std= to show them as they were before normalisation)")
+    return Display.batch_scaled()
 
 
 def _floats(value: Any) -> list[float]:

@@ -1,0 +1,158 @@
+"""The callback's explanations: one layer, one reading, one target, for pictures and
+statistics alike.
+
+An :class:`Explainer` holds what the callback learns about the model while it runs (the
+layer, chosen automatically or named, and how its output is read) and turns the
+``target`` option into the scores :func:`~gradcam_callback.engine.explain_batch`
+explains. :meth:`Explainer.explain` returns the maps of every row a picture shows
+(``target="both"``: the prediction's and the label's), the logits of the same forward
+pass, the layer's own resolution, and which samples' outputs were finite.
+
+A sample whose outputs are NaN or infinite (a diverging run) is not an error: its maps
+are all zero, it is named once in a warning, and the callers leave it out of the numbers.
+The observer is never stricter than the trainer, which trains on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gradcam_callback.engine import explain_batch, get_method
+from gradcam_callback.engine.targets import TargetSpec
+from gradcam_callback.notices import Notices
+from gradcam_callback.ops import min_max, resize_maps
+from gradcam_callback.options import ExplainOptions
+
+__all__ = ["Explained", "Explainer"]
+
+
+@dataclass(frozen=True)
+class Explained:
+    """The explanation of a batch.
+
+    Attributes:
+        rows: ``(title, maps)`` per row shown; maps ``(N, H, W)`` float32 in ``[0, 1]`` at
+            the inputs' size, on the CPU, all zero for a sample whose outputs are not finite.
+        logits: the model's output ``(N, ...)`` of the same forward pass, detached, on the CPU.
+        finite: ``(N,)`` bool, whether each sample's outputs are all finite.
+        layer_size: the explained layer's own resolution ``(h, w)``.
+    """
+
+    rows: list[tuple[str, Tensor]]
+    logits: Tensor
+    finite: Tensor
+    layer_size: tuple[int, ...]
+
+    @property
+    def maps(self) -> Tensor:
+        """The first row's maps (the prediction's with ``target="both"``)."""
+        return self.rows[0][1]
+
+
+@dataclass
+class Explainer:
+    """Explain batches of the model under training with the callback's options.
+
+    Attributes:
+        options: the explaining options (layer, method, target, readings, chunk size).
+        notices: where the layer line and the non-finite warning go.
+        layer_name: the layer explained: ``target_layer``, or the automatic choice once made.
+        reading: how the layer's output is read, once known (e.g. ``"channels-first"``).
+    """
+
+    options: ExplainOptions = field(default_factory=ExplainOptions)
+    notices: Notices = field(default_factory=Notices)
+    layer_name: str | None = None
+    reading: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer_name is None:
+            self.layer_name = self.options.target_layer
+
+    def forget(self) -> None:
+        """Forget the layer learned (the explaining options changed)."""
+        self.layer_name, self.reading = self.options.target_layer, None
+
+    def explain(self, model: nn.Module, inputs: Tensor, labels: Tensor | None = None, *,
+                label_note: str | None = None, indices: Sequence[int] | None = None,
+                primary_only: bool = False) -> Explained:
+        """Explain ``inputs`` (on the model's device and in its precision).
+
+        Args:
+            model: the model under training (left as it was: mode, gradients, hooks, RNG).
+            inputs: the model inputs.
+            labels: class indices ``(N,)`` for ``target="label"``/``"both"``, or ``None``.
+            label_note: why there are no class-index labels, and what to do (the error).
+            indices: the samples' dataset indices, to name them in warnings.
+            primary_only: the first row only (what the statistics need).
+
+        Raises:
+            ValueError: the target needs labels the batch does not have, or anything the
+                engine refuses (an unknown layer, targets beyond the outputs, ...).
+        """
+        target = self.options.target
+        primary = "predicted" if target == "both" else target
+        first, logits, layer_size = self._maps(model, inputs, self.targets(primary, labels,
+                                                                            label_note))
+        finite = torch.isfinite(logits.float().flatten(1)).all(dim=1)
+        title = get_method(self.options.method).title
+        if target != "both" or primary_only:
+            rows = [(title + (" (label)" if target == "label" else ""), first)]
+        else:
+            by_label, _, _ = self._maps(model, inputs, self.targets("label", labels, label_note))
+            rows = [(f"{title} (predicted)", first), (f"{title} (label)", by_label)]
+        if not finite.all():
+            self._warn_not_finite(finite, indices)
+            rows = [(name, torch.where(finite.view(-1, 1, 1), maps, 0.0)) for name, maps in rows]
+        return Explained(rows, logits, finite, layer_size)
+
+    def targets(self, target: object, labels: Tensor | None,
+                label_note: str | None = None) -> TargetSpec:
+        """The engine's target spec for a ``target`` option value and the batch's labels."""
+        if target == "predicted":
+            return None
+        if target == "label":
+            if labels is None:
+                raise ValueError(
+                    f"target={self.options.target!r} needs class-index labels (a 1-D integer "
+                    f"tensor (N,)), but {label_note or 'the batch has none'}"
+                )
+            return labels
+        return target  # type: ignore[return-value]  # an int or a callable (options checked)
+
+    def _maps(self, model: nn.Module, inputs: Tensor, targets: TargetSpec
+              ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+        """Maps normalised at the inputs' size (CPU), the logits, the layer's resolution."""
+        options = self.options
+        with warnings.catch_warnings():  # said once, by dataset index, in explain()
+            warnings.filterwarnings("ignore", "non-finite values", RuntimeWarning)
+            result = explain_batch(model, inputs, self.layer_name, targets,
+                                   method=options.method,
+                                   reshape_transform=options.reshape_transform,
+                                   output_size=None, normalize=False,
+                                   output_transform=options.output_transform,
+                                   batch_size=options.batch_size)
+        if self.reading is None:
+            chosen = "chosen automatically" if options.target_layer is None else "target_layer"
+            self.notices.info_once("layer", f"GradCAMCallback: explaining {result.layer_name!r} "
+                                   f"({chosen}): {result.reading}")
+        self.layer_name, self.reading = result.layer_name, result.reading
+        raw = result.cams.detach().float()
+        maps = min_max(resize_maps(raw, inputs.shape[-2:])).cpu()
+        return maps, result.logits.detach().cpu(), tuple(raw.shape[1:])
+
+    def _warn_not_finite(self, finite: Tensor, indices: Sequence[int] | None) -> None:
+        bad = (~finite).nonzero().flatten().tolist()
+        named = [indices[i] for i in bad] if indices is not None else bad
+        shown = f"{named[:8]}{'...' if len(named) > 8 else ''}"
+        self.notices.warn_once(
+            "not_finite",
+            f"GradCAMCallback: the model's outputs for samples {shown} are NaN or infinite "
+            "(has training diverged? check the loss and the learning rate). Their maps are "
+            "left empty, and they are left out of the scalars, the drift history and the "
+            "filmstrip until the outputs are finite again; training goes on.")

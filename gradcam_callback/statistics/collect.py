@@ -1,0 +1,91 @@
+"""The statistics' chunk loop: explain a rank's share of the metric samples a chunk at a
+time, fold each chunk into the running sums, add the sums up across ranks.
+
+Every rank explains its share of the first ``metric_samples`` validation samples (rank
+``r`` takes indices ``r, r + world, ...``), ``chunk_size`` at a time; a chunk is let go
+before the next is read, so memory is one chunk. Samples whose outputs are not finite are
+left out. Then the ranks agree on whether any of them failed (one collective) and add
+their sums (:meth:`~.accumulator.AttentionStatistics.reduce`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gradcam_callback.explainer import Explained
+from gradcam_callback.samples import FixedSamples
+from gradcam_callback.statistics.accumulator import (
+    AttentionStatistics,
+    Broadcast,
+    Reduce,
+    StatisticsResult,
+    agree,
+)
+
+__all__ = ["Collectives", "ExplainChunk", "collect_statistics"]
+
+ExplainChunk = Callable[[list[int]], tuple[FixedSamples, Explained]]
+"""``dataset indices -> (the samples read, their explanation)`` for one chunk."""
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """How the ranks talk: ``reduce_sum`` adds a tensor over all ranks, ``broadcast``
+    sends rank zero's object to every rank; tensors live on ``device`` (NCCL: the GPU)."""
+
+    reduce_sum: Reduce
+    broadcast: Broadcast
+    device: torch.device | str = "cpu"
+
+
+def collect_statistics(explain_chunk: ExplainChunk, indices: Sequence[int], *,
+                       chunk_size: int = 64,
+                       collectives: Collectives | None = None) -> StatisticsResult:
+    """Explain ``indices`` (this rank's share) in chunks and return the all-rank statistics.
+
+    Args:
+        explain_chunk: reads and explains a few samples (see :data:`ExplainChunk`).
+        indices: the dataset indices this rank explains (may be empty).
+        chunk_size: samples per read and per forward pass.
+        collectives: how to add up across ranks; ``None`` on one process (or when one
+            rank runs alone, as in the check before training).
+
+    Returns:
+        The statistics, the same on every rank.
+
+    Raises:
+        Exception: what failed on this rank, or
+            :class:`~.accumulator.RankFailed` on a rank whose own part worked while
+            another's failed. With ``collectives``, every rank first takes part in one
+            collective that tells whether any rank failed, so all ranks raise together
+            and none waits for a rank that gave up.
+    """
+    statistics = AttentionStatistics()
+    failure: Exception | None = None
+    try:
+        for start in range(0, len(indices), chunk_size):
+            samples, explained = explain_chunk(list(indices[start : start + chunk_size]))
+            keep = explained.finite
+            if bool(keep.any()):
+                statistics.update(
+                    explained.maps[keep], explained.layer_size, samples.inputs[keep],
+                    explained.logits[keep],
+                    samples.labels[keep] if samples.labels is not None else None,
+                    {name: mask[keep] for name, mask in samples.masks.items()})
+            # let this chunk go before the next is read: memory is one chunk, not two
+            del samples, explained, keep
+    except Exception as error:  # every rank must hear of it before any sum
+        failure = error
+    if collectives is None:
+        if failure is not None:
+            raise failure
+        statistics.reduce(lambda t: t, lambda o: o)
+        return statistics.result()
+    # Before any sum, the ranks agree on whether all of them got this far: a rank whose own
+    # part failed must not leave the others waiting in a collective it never joins.
+    agree(failure, collectives.reduce_sum, collectives.device)
+    statistics.reduce(collectives.reduce_sum, collectives.broadcast, collectives.device)
+    return statistics.result()

@@ -1,0 +1,122 @@
+"""The statistics of a run, as the callback runs them: on every rank, then alarms and advice.
+
+:class:`StatisticsRunner` explains the metric samples with the callback's
+:class:`~gradcam_callback.explainer.Explainer` (the same layer, reading and target as the
+pictures), reads them with its :class:`~gradcam_callback.samples.SampleStore` (the same
+reader and the same warnings), and hands the result to the callback, which publishes it.
+It also sounds the alarms, names the scalars that are undefined this time, and, when the
+layer's maps are too coarse for region metrics, names an earlier layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from gradcam_callback.engine.layers import earlier_spatial_layer
+from gradcam_callback.explainer import Explained, Explainer
+from gradcam_callback.notices import Notices
+from gradcam_callback.options import StatisticsOptions
+from gradcam_callback.samples import FixedSamples, SampleStore, dataset_size
+from gradcam_callback.statistics.accumulator import MIN_CELLS, StatisticsResult
+from gradcam_callback.statistics.alarms import check_alarms
+from gradcam_callback.statistics.collect import Collectives, collect_statistics
+
+__all__ = ["StatisticsRunner"]
+
+Prepare = Callable[[Tensor], Tensor]
+"""CPU inputs -> model inputs (the model's device and precision)."""
+
+
+@dataclass
+class StatisticsRunner:
+    """Run the many-sample statistics with the callback's options.
+
+    Attributes:
+        options: the statistics options (how many samples, chunk size, alarms).
+        notices: where alarms, advice and undefined numbers are said.
+        last: the last run's result (``callback.last_statistics``).
+    """
+
+    options: StatisticsOptions = field(default_factory=StatisticsOptions)
+    notices: Notices = field(default_factory=Notices)
+    last: StatisticsResult | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.options.metric_samples > 0
+
+    def run(self, model: nn.Module, explainer: Explainer, store: SampleStore,
+            loader: DataLoader, stage: str, prepare: Prepare, *,
+            collectives: Collectives | None = None, rank: int = 0,
+            world_size: int = 1) -> StatisticsResult | None:
+        """This rank's share of the first ``metric_samples`` samples of ``loader``, added
+        up over all ranks (every rank must call it); ``None`` when there are none."""
+        total = dataset_size(loader.dataset, self.options.metric_samples)
+        if not total:
+            return None
+        self.last = collect_statistics(
+            self._explain_chunk(model, explainer, store, loader, stage, prepare),
+            range(rank, total, world_size), chunk_size=self.options.metric_batch_size,
+            collectives=collectives)
+        return self.last
+
+    def check(self, model: nn.Module, explainer: Explainer, store: SampleStore,
+              loader: DataLoader, stage: str, prepare: Prepare) -> None:
+        """Fail fast: the statistics on their first chunk, this rank alone, nothing kept."""
+        total = dataset_size(loader.dataset, self.options.metric_samples)
+        if total:
+            collect_statistics(self._explain_chunk(model, explainer, store, loader, stage,
+                                                   prepare),
+                               range(min(total, self.options.metric_batch_size)),
+                               chunk_size=self.options.metric_batch_size)
+
+    def sound_alarms(self, result: StatisticsResult, *, epoch: int, step: int) -> bool:
+        """Say the alarms that fire; whether training should stop."""
+        return check_alarms(self.options.alarms, result.scalars, self.notices, epoch=epoch,
+                            step=step, stop=self.options.alarm_action == "stop",
+                            undefined=result.undefined)
+
+    def report_undefined(self, result: StatisticsResult, prefix: str, *, epoch: int) -> None:
+        """Name, once each, the scalars left out this run because they are undefined."""
+        for name, cause in result.undefined.items():
+            self.notices.warn_once(
+                f"undefined_{name}",
+                f"GradCAMCallback: {prefix}{name} is undefined at epoch {epoch}: {cause}. It "
+                "is left out of callback_metrics and the loggers for that run (a monitor "
+                "keeps the last defined value), never logged as NaN.")
+
+    def advise_on_coarse_maps(self, model: nn.Module, result: StatisticsResult,
+                              samples: FixedSamples, layer_name: str | None,
+                              prepare: Prepare) -> None:
+        """Warn once when the layer's maps have fewer than 4 cells a side, naming an
+        earlier layer with enough of them (one probe forward on one sample)."""
+        height, width = result.layer_size
+        if (not result.count or min(height, width) >= MIN_CELLS or layer_name is None
+                or self.notices.said("coarse")):
+            return
+        earlier = earlier_spatial_layer(model, prepare(samples.inputs[:1]), layer_name,
+                                        MIN_CELLS)
+        self.notices.warn_once(
+            "coarse",
+            f"GradCAMCallback: layer {layer_name!r} gives {height}x{width} maps for "
+            f"{result.input_size[0]}x{result.input_size[1]} inputs: too coarse for "
+            f"border_lift, lift and pointing_game (one cell covers {result.cell_pixels} px, "
+            "so they barely move between epochs). Explain an earlier layer"
+            + (f", e.g. target_layer={earlier!r}." if earlier else "."))
+
+    @staticmethod
+    def _explain_chunk(model: nn.Module, explainer: Explainer, store: SampleStore,
+                       loader: DataLoader, stage: str, prepare: Prepare
+                       ) -> Callable[[list[int]], tuple[FixedSamples, Explained]]:
+        def explain_chunk(indices: list[int]) -> tuple[FixedSamples, Explained]:
+            samples = store.read(loader, indices, stage)
+            explained = explainer.explain(model, prepare(samples.inputs), samples.labels,
+                                          label_note=samples.label_note,
+                                          indices=samples.indices, primary_only=True)
+            return samples, explained
+
+        return explain_chunk
