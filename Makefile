@@ -11,7 +11,7 @@ DEMO_OUT ?= demo_output
 
 help:
 	@echo "make demo  - create $(VENV), install, run the shortcut-learning example (CPU, ~1 min)"
-	@echo "make test  - create $(VENV), install with dev extras, run lint and the test suite"
+	@echo "make test  - create $(VENV), install with dev extras, run lint, mypy and the test suite"
 	@echo "make bench - run the benchmarks in benchmarks/ (a few minutes, CPU)"
 
 $(BIN)/python:
@@ -32,6 +32,7 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Two workers on two cores: the suite is full of subprocess starts and small models.
 PYTEST_ARGS ?= -n 2 --dist loadgroup

@@ -124,7 +124,8 @@ def check_callable(name: str, value: object, *,
 
 def _sequence(name: str, value: object, what: str) -> Sequence[Any]:
     if getattr(value, "ndim", None) == 1 and hasattr(value, "tolist"):
-        return value.tolist()  # type: ignore[union-attr,no-any-return]  # numpy or torch, 1-D
+        items: list[Any] = value.tolist()  # numpy or torch, 1-D
+        return items
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         hint = f" (did you mean [{value!r}]?)" if isinstance(value, str) else ""
         raise TypeError(
@@ -209,7 +210,7 @@ def check_mean_std(mean: object, std: object, channels: int | None = None,
 
 def _per_channel(name: str, value: object) -> list[float]:
     if hasattr(value, "tolist") and not is_number(value):  # a numpy array or a tensor
-        value = value.tolist()  # type: ignore[union-attr]
+        value = value.tolist()
     if is_number(value):
         values = [value]
     elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):

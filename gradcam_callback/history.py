@@ -55,7 +55,7 @@ class History:
         ``drift_from_start`` (vs the first), means over the samples, from the second run on.
         """
         small = shrink_maps(cams.detach().float().cpu(), HISTORY_SIZE)
-        self.fit_to(small.shape[0], tuple(cams.shape[-2:]))
+        self.fit_to(small.shape[0], (int(cams.shape[-2]), int(cams.shape[-1])))
         drift = {}
         if self.runs:
             current = small.half().float()

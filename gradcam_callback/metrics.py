@@ -201,13 +201,15 @@ def border_mask(height: int, width: int, fraction: float = 0.1,
 def border_energy(cams: Tensor, fraction: float = 0.1) -> Tensor:
     """Per-sample share of CAM mass in the outer ``fraction`` frame of the image."""
     _check_maps(cams, "cams")
-    return energy_in_mask(cams, border_mask(*cams.shape[-2:], fraction, device=cams.device))
+    height, width = cams.shape[-2:]
+    return energy_in_mask(cams, border_mask(height, width, fraction, device=cams.device))
 
 
 def border_lift(cams: Tensor, fraction: float = 0.1) -> Tensor:
     """Per-sample :func:`border_energy` divided by the frame's area share (1.0 = uniform)."""
     _check_maps(cams, "cams")
-    return lift(cams, border_mask(*cams.shape[-2:], fraction, device=cams.device))
+    height, width = cams.shape[-2:]
+    return lift(cams, border_mask(height, width, fraction, device=cams.device))
 
 
 def location_consistency(maps: Tensor, groups: Tensor | None = None,

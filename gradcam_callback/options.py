@@ -236,7 +236,7 @@ def validated_options(**options: Any) -> CallbackOptions:
 def check_target(target: object) -> Target:
     """``target``: one of :data:`TARGET_WORDS`, a class index >= 0, or a callable."""
     if callable(target) and not isinstance(target, str):
-        return target  # type: ignore[return-value]
+        return target
     if isinstance(target, str):
         return _checks.check_choice("target", target, TARGET_WORDS)
     if _checks.is_number(target):

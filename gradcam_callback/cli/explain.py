@@ -216,11 +216,11 @@ def _resized(picture: Any, size: int, resize: str) -> Any:
     if resize == "none":
         return picture
     if resize == "squash":
-        return picture.resize((size, size), Image.BILINEAR)
+        return picture.resize((size, size), Image.Resampling.BILINEAR)
     scale = size / min(picture.width, picture.height)
     width = max(size, round(picture.width * scale))
     height = max(size, round(picture.height * scale))
-    scaled = picture.resize((width, height), Image.BILINEAR)
+    scaled = picture.resize((width, height), Image.Resampling.BILINEAR)
     left, top = (width - size) // 2, (height - size) // 2
     return scaled.crop((left, top, left + size, top + size))
 

@@ -49,7 +49,8 @@ def load_model(spec: str, model_args: list[str], checkpoint: Path | None,
         except (RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
             raise CliError(f"--checkpoint {checkpoint} does not fit {spec}: "
                            f"{_one_line(error)}") from None
-        return model.eval()
+        loaded: nn.Module = model.eval()
+        return loaded
 
     if not callable(target):
         raise CliError(f"--model {spec} is not a class or factory")

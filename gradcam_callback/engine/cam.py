@@ -80,7 +80,7 @@ def compute_cam(
     target_layer: LayerSpec,
     targets: TargetSpec = None,
     *,
-    method: CamMethodName = "gradcam",
+    method: CamMethodName | str = "gradcam",
     reshape_transform: ReadingSpec = "auto",
     output_size: OutputSize = "input",
     normalize: bool = True,
@@ -167,7 +167,7 @@ def explain_batch(
     target_layer: LayerSpec,
     targets: TargetSpec = None,
     *,
-    method: CamMethodName = "gradcam",
+    method: CamMethodName | str = "gradcam",
     reshape_transform: ReadingSpec = "auto",
     output_size: OutputSize = "input",
     normalize: bool = True,
@@ -255,14 +255,14 @@ def _read(model: nn.Module, x: Tensor, activation: Tensor, spec: str | ReshapeTr
     """How to read the layer's output; for token layouts that fit the input more than one
     way, what one more forward shows about the model's layouts decides."""
     size = (x.shape[-2], x.shape[-1])
-    options = {"layer_name": layer_name, "module": layer, "batch": len(x)}
     try:
-        return read_layer_output(activation, size, spec, **options)
+        return read_layer_output(activation, size, spec, layer_name=layer_name, module=layer,
+                                 batch=len(x))
     except AmbiguousReading:
         if activation.dim() != 3:
             raise
-    return read_layer_output(activation, size, spec, hints=probe_layout_hints(model, x),
-                             **options)
+    return read_layer_output(activation, size, spec, layer_name=layer_name, module=layer,
+                             batch=len(x), hints=probe_layout_hints(model, x))
 
 
 def _slice_targets(targets: TargetSpec, chunk: slice, count: int) -> TargetSpec:

@@ -108,7 +108,8 @@ def _first_component_projection(centred: Tensor) -> Tensor:
     else:
         _, vectors = torch.linalg.eigh(x.transpose(1, 2) @ x)  # (N, cols, cols)
         projection = (x @ vectors[:, :, -1:]).squeeze(-1)
-    return projection.to(centred.dtype)
+    result: Tensor = projection.to(centred.dtype)
+    return result
 
 
 @dataclass(frozen=True)
@@ -181,14 +182,15 @@ def get_method(name: object) -> CamMethod:
     return _REGISTRY[check_choice("method", name, _REGISTRY)]
 
 
-for _name, _combine, _grads, _title in (
+_BUILT_IN: tuple[tuple[str, Callable[..., Tensor], bool, str], ...] = (
     ("gradcam", _gradcam, True, "Grad-CAM"),
     ("gradcam++", _gradcam_plus_plus, True, "Grad-CAM++"),
     ("xgradcam", _xgradcam, True, "XGrad-CAM"),
     ("hirescam", _hirescam, True, "HiRes-CAM"),
     ("layercam", _layercam, True, "Layer-CAM"),
     ("eigencam", _eigencam, False, "Eigen-CAM"),
-):
+)
+for _name, _combine, _grads, _title in _BUILT_IN:
     register_method(_name, _combine, needs_gradients=_grads, title=_title)
 
 CAM_METHODS: tuple[str, ...] = available_methods()

@@ -48,8 +48,8 @@ def preserved_rng_state(device: torch.device | None = None) -> Iterator[None]:
         yield
     finally:
         torch.set_rng_state(torch_state)
-        if cuda_state is not None:
+        if cuda_state is not None and device is not None:
             torch.cuda.set_rng_state(cuda_state, device)
         random.setstate(python_state)
-        if numpy_state is not None:
+        if numpy is not None and numpy_state is not None:
             numpy.random.set_state(numpy_state)

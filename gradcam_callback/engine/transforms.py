@@ -125,7 +125,7 @@ def check_reading(value: object, name: str = "reshape_transform") -> str | Resha
     if value is None:
         return "auto"
     if callable(value) and not isinstance(value, str):
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, str):
         raise TypeError(
             f"{name}={value!r}: must be a reading name ({_valid_words()}) or a callable "

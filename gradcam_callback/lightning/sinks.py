@@ -119,7 +119,7 @@ class MLflowSink(ImageSink):
         self.logger = logger
 
     def log_image(self, tag: str, picture: Tensor, step: int, caption: str = "") -> None:
-        client = self.logger.experiment
+        client = self.logger.experiment  # type: ignore[attr-defined]
         run_id = self.logger.run_id  # type: ignore[attr-defined]
         if "key" in inspect.signature(client.log_image).parameters:
             client.log_image(run_id, to_pil(picture), key=_mlflow_key(tag), step=step)

@@ -58,7 +58,7 @@ def class_maps_grid(
     if not rows:
         raise ValueError("class_maps_grid needs at least one row")
     num_classes = rows[0][1].shape[0]
-    totals = sum(counts.float() for _, _, counts in rows)
+    totals = torch.stack([counts.float() for _, _, counts in rows]).sum(0)
     shown = [c for c in range(num_classes) if totals[c] > 0] or list(range(num_classes))
     if len(shown) > max_classes:
         shown = sorted(sorted(shown, key=lambda c: -float(totals[c]))[:max_classes])

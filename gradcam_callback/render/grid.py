@@ -36,7 +36,10 @@ MIN_FONT = 13
 NO_EVIDENCE = "no positive evidence"
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _font(size: int) -> Font:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
@@ -170,7 +173,7 @@ def no_evidence_notes(maps: Tensor, row: int, first_column: int = 0) -> dict[tup
     return {(row, first_column + int(i)): NO_EVIDENCE for i in empty.nonzero().flatten()}
 
 
-def _fit(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str:
+def _fit(text: str, width: int, font: Font, draw: ImageDraw.ImageDraw) -> str:
     """``text`` cut with an ellipsis to fit ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
@@ -179,7 +182,7 @@ def _fit(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str:
     return text + "…"
 
 
-def _wrap(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str:
+def _wrap(text: str, width: int, font: Font, draw: ImageDraw.ImageDraw) -> str:
     """``text`` broken into lines of at most ``width`` pixels, at spaces."""
     lines: list[str] = []
     for word in text.split():
@@ -190,7 +193,7 @@ def _wrap(text: str, width: int, font: object, draw: ImageDraw.ImageDraw) -> str
     return "\n".join(lines)
 
 
-def _note(draw: ImageDraw.ImageDraw, centre: tuple[int, int], text: str, font: object) -> None:
+def _note(draw: ImageDraw.ImageDraw, centre: tuple[int, int], text: str, font: Font) -> None:
     """``text`` centred on ``centre``, light on a dark box so it reads on any colour."""
     box = draw.multiline_textbbox(centre, text, font=font, anchor="mm", align="center")
     draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=NOTE_BACKGROUND)

@@ -97,7 +97,8 @@ class SampleReader:
                 f"{'is' if len(loaders) == 1 else 'are'} {len(loaders)} {stage} dataloader(s); "
                 f"valid: 0..{len(loaders) - 1}"
             )
-        return loaders[self.options.dataloader_idx]
+        loader: DataLoader = loaders[self.options.dataloader_idx]
+        return loader
 
     def read(self, loader: DataLoader, indices: Sequence[int], stage: str,
              notices: Notices | None = None) -> FixedSamples:
@@ -128,6 +129,7 @@ class SampleReader:
     def _collate(self, loader: DataLoader, wanted: list[int], stage: str,
                  notices: Notices) -> tuple[Any, list[int]]:
         dataset = loader.dataset
+        items: Any
         if isinstance(dataset, IterableDataset):
             items = list(itertools.islice(iter(dataset), max(wanted) + 1))
             indices = [i for i in wanted if i < len(items)]

@@ -147,19 +147,20 @@ class AttentionStatistics:
     """Running sums of per-sample scalars, class maps and consistency; constant memory.
 
     Feed it chunks with :meth:`update`, add the sums of all ranks with :meth:`reduce`,
-    read the result with :meth:`result`.
+    read the result with :meth:`result`. The sums are empty until the first chunk (or a
+    reduction) gives them their layout.
     """
 
     map_size: int = MAP_SIZE
     moments: dict[str, Tensor] = field(default_factory=dict)
     num_classes: int = 0
-    prediction_sums: Tensor | None = None
-    prediction_counts: Tensor | None = None
-    label_sums: Tensor | None = None
-    label_counts: Tensor | None = None
-    top_sums: Tensor | None = None
-    top_counts: Tensor | None = None
-    image_sum: Tensor | None = None
+    prediction_sums: Tensor = field(default_factory=lambda: _zeros(0))
+    prediction_counts: Tensor = field(default_factory=lambda: _zeros(0))
+    label_sums: Tensor = field(default_factory=lambda: _zeros(0))
+    label_counts: Tensor = field(default_factory=lambda: _zeros(0))
+    top_sums: Tensor = field(default_factory=lambda: _zeros(0))
+    top_counts: Tensor = field(default_factory=lambda: _zeros(0))
+    image_sum: Tensor = field(default_factory=lambda: _zeros(0))
     count: int = 0
     layer_size: tuple[int, int] | None = None
     input_size: tuple[int, int] | None = None
@@ -192,23 +193,27 @@ class AttentionStatistics:
         top = top_cells(small)
         valid = top.any(dim=1)
         top, groups = top[valid], predictions[valid]
-        self.top_sums.index_add_(0, groups, top.double())  # type: ignore[union-attr]
-        self.top_counts.index_add_(  # type: ignore[union-attr]
-            0, groups, torch.ones(len(groups), dtype=torch.float64))
+        self.top_sums.index_add_(0, groups, top.double())
+        self.top_counts.index_add_(0, groups, torch.ones(len(groups), dtype=torch.float64))
         self._tops.append((top, groups))
         images = inputs.detach().float().cpu()
         small_images = shrink_maps(images.flatten(0, 1), IMAGE_SIZE)
         self.image_sum += small_images.view(*images.shape[:2], *small_images.shape[-2:]) \
-            .sum(0).double()  # type: ignore[operator]
+            .sum(0).double()
         self.count += len(cams)
+
+    @property
+    def allocated(self) -> bool:
+        """Whether the sums have their layout (after a first chunk or a reduction)."""
+        return self.num_classes > 0
 
     def layout(self) -> dict[str, Any]:
         """What every rank must agree on before a reduction (rank zero's is broadcast)."""
+        allocated = self.allocated
         return {"names": sorted(self.moments), "num_classes": self.num_classes,
                 "layer_size": self.layer_size, "input_size": self.input_size,
-                "image_shape": None if self.image_sum is None else tuple(self.image_sum.shape),
-                "map_shape": None if self.prediction_sums is None
-                else tuple(self.prediction_sums.shape[1:]),
+                "image_shape": tuple(self.image_sum.shape) if allocated else None,
+                "map_shape": tuple(self.prediction_sums.shape[1:]) if allocated else None,
                 "has_labels": self.has_labels}
 
     def reduce(self, reduce_sum: Reduce, broadcast: Broadcast,
@@ -256,7 +261,7 @@ class AttentionStatistics:
 
     def result(self) -> StatisticsResult:
         """Means, spreads and class maps of what was folded in (after :meth:`reduce`)."""
-        if CONSISTENCY not in self.moments and self.top_sums is not None:
+        if CONSISTENCY not in self.moments and self.allocated:
             self.moments[CONSISTENCY] = self._consistency_moments()
         scalars: dict[str, float] = {}
         undefined: dict[str, str] = {}
@@ -264,19 +269,17 @@ class AttentionStatistics:
             values, causes = summarise(name, *(float(m) for m in moments))
             scalars.update(values)
             undefined.update(causes)
-        size = (self.map_size, self.map_size)
-        empty = torch.zeros(0, *size)
         return StatisticsResult(
             scalars=scalars,
             undefined=undefined,
             count=self.count,
-            by_prediction=_means(self.prediction_sums, self.prediction_counts, empty),
-            prediction_counts=_counts(self.prediction_counts),
-            by_label=_means(self.label_sums, self.label_counts, empty)
+            by_prediction=self._means(self.prediction_sums, self.prediction_counts),
+            prediction_counts=self.prediction_counts.round().long(),
+            by_label=self._means(self.label_sums, self.label_counts)
             if self.has_labels else None,
-            label_counts=_counts(self.label_counts) if self.has_labels else None,
+            label_counts=self.label_counts.round().long() if self.has_labels else None,
             mean_image=(self.image_sum / max(self.count, 1)).float()
-            if self.image_sum is not None else torch.zeros(3, 1, 1),
+            if self.allocated else torch.zeros(3, 1, 1),
             layer_size=self.layer_size or (0, 0),
             input_size=self.input_size or (0, 0),
         )
@@ -289,8 +292,13 @@ class AttentionStatistics:
         self.moments[name] = self.moments.get(name, torch.zeros(3, dtype=torch.float64)) \
             + moments
 
+    def _means(self, sums: Tensor, counts: Tensor) -> Tensor:
+        if not self.allocated:
+            return torch.zeros(0, self.map_size, self.map_size)
+        return (sums / counts.clamp(min=1).view(-1, 1, 1)).float()
+
     def _ensure_classes(self, num_classes: int, inputs: Tensor) -> None:
-        if self.prediction_sums is not None and num_classes <= self.num_classes:
+        if self.allocated and num_classes <= self.num_classes:
             return
         height, width = shrunk_size(inputs.shape[-2:], IMAGE_SIZE)
         self._adopt({"num_classes": num_classes,
@@ -303,9 +311,9 @@ class AttentionStatistics:
             self.moments.setdefault(name, torch.zeros(3, dtype=torch.float64))
         classes, shape = layout["num_classes"], tuple(layout["map_shape"])
 
-        def grown(current: Tensor | None, size: tuple[int, ...]) -> Tensor:
-            fresh = torch.zeros(size, dtype=torch.float64)
-            if current is not None:
+        def grown(current: Tensor, size: tuple[int, ...]) -> Tensor:
+            fresh = _zeros(*size)
+            if current.numel():
                 fresh[: current.shape[0]] = current
             return fresh
 
@@ -315,23 +323,23 @@ class AttentionStatistics:
         self.prediction_counts = grown(self.prediction_counts, (classes,))
         self.label_counts = grown(self.label_counts, (classes,))
         self.top_counts = grown(self.top_counts, (classes,))
-        if self.image_sum is None:
-            self.image_sum = torch.zeros(tuple(layout["image_shape"]), dtype=torch.float64)
+        if not self.image_sum.numel():
+            self.image_sum = _zeros(*layout["image_shape"])
         self.num_classes = classes
         if layout.get("layer_size") is not None:
-            self.layer_size = tuple(layout["layer_size"])  # type: ignore[assignment]
-            self.input_size = tuple(layout["input_size"])  # type: ignore[assignment]
+            self.layer_size = _pair(layout["layer_size"])
+            self.input_size = _pair(layout["input_size"])
 
     def _add_class_maps(self, small: Tensor, predictions: Tensor,
                         labels: Tensor | None) -> None:
         ones = torch.ones(len(small), dtype=torch.float64)
-        self.prediction_sums.index_add_(0, predictions, small.double())  # type: ignore[union-attr]
-        self.prediction_counts.index_add_(0, predictions, ones)  # type: ignore[union-attr]
+        self.prediction_sums.index_add_(0, predictions, small.double())
+        self.prediction_counts.index_add_(0, predictions, ones)
         if labels is not None:
             labels = labels.long().cpu()
             known = (labels >= 0) & (labels < self.num_classes)
-            self.label_sums.index_add_(0, labels[known], small[known].double())  # type: ignore[union-attr]
-            self.label_counts.index_add_(0, labels[known], ones[known])  # type: ignore[union-attr]
+            self.label_sums.index_add_(0, labels[known], small[known].double())
+            self.label_counts.index_add_(0, labels[known], ones[known])
             self.has_labels = True
 
     def _consistency_moments(self) -> Tensor:
@@ -341,9 +349,9 @@ class AttentionStatistics:
         cells; samples alone in their class (or with a constant map) are left out."""
         moments = torch.zeros(3, dtype=torch.float64)
         for top, groups in self._tops:
-            partners = self.top_counts[groups] - 1  # type: ignore[index]
+            partners = self.top_counts[groups] - 1
             cells = top.double()
-            shared = (cells * self.top_sums[groups]).sum(1) / cells.sum(1)  # type: ignore[index]
+            shared = (cells * self.top_sums[groups]).sum(1) / cells.sum(1)
             values = ((shared - 1) / partners.clamp(min=1))[partners > 0]
             moments += torch.stack([torch.tensor(float(len(values)), dtype=torch.float64),
                                     values.sum(), values.square().sum()])
@@ -366,14 +374,14 @@ def agree(failure: Exception | None, reduce_sum: Reduce, device: torch.device | 
                          "skips them this time")
 
 
-def _numel(parts: Sequence[Tensor | None]) -> int:
-    return sum(0 if part is None else part.numel() for part in parts)
+def _numel(parts: Sequence[Tensor]) -> int:
+    return sum(part.numel() for part in parts)
 
 
-def _reduce_parts(parts: Sequence[Tensor | None], reduce_sum: Reduce,
+def _reduce_parts(parts: Sequence[Tensor], reduce_sum: Reduce,
                   device: torch.device | str) -> list[Tensor]:
     """Add every part over all ranks with one collective on one flat float64 tensor."""
-    tensors = [p if p is not None else torch.zeros(0, dtype=torch.float64) for p in parts]
+    tensors = list(parts)
     flat = torch.cat([t.reshape(-1) for t in tensors]).to(device)
     total = reduce_sum(flat).to("cpu", torch.float64)
     out, offset = [], 0
@@ -383,11 +391,9 @@ def _reduce_parts(parts: Sequence[Tensor | None], reduce_sum: Reduce,
     return out
 
 
-def _means(sums: Tensor | None, counts: Tensor | None, empty: Tensor) -> Tensor:
-    if sums is None or counts is None:
-        return empty
-    return (sums / counts.clamp(min=1).view(-1, 1, 1)).float()
+def _zeros(*size: int) -> Tensor:
+    return torch.zeros(size, dtype=torch.float64)
 
 
-def _counts(counts: Tensor | None) -> Tensor:
-    return torch.zeros(0, dtype=torch.long) if counts is None else counts.round().long()
+def _pair(values: Sequence[int]) -> tuple[int, int]:
+    return int(values[0]), int(values[1])
