@@ -90,8 +90,10 @@ def test_the_observer_shows_a_test_run_without_touching_the_history():
     sinks = RecordingSinks()
     observer = Observer(options(target_layer="features", num_samples=2, metric_samples=0),
                         Notices(), sinks, lambda step, where: None)
-    observer.show(model, [loader], Run("test", 0, 5, fitting=False, prepare=lambda x: x), None)
-    assert [tag for tag, _, _ in sinks.pictures] == ["gradcam/features/test/overlay"]
+    for fitting in (False, True):  # (log_cams(stage="test") called during a fit, too)
+        observer.show(model, [loader], Run("test", 0, 5, fitting=fitting, prepare=lambda x: x),
+                      None)
+    assert [tag for tag, _, _ in sinks.pictures] == ["gradcam/features/test/overlay"] * 2
     assert len(observer.history) == 0
 
 
@@ -109,6 +111,29 @@ def test_new_options_for_the_observer_read_the_samples_again_and_restart_the_his
     assert len(observer.history) == 0 and observer.samples.cached("validate") is None
     observer.show(model, [loader], run, None)
     assert observer.samples.cached("validate").indices == [0, 1, 2, 3]
+
+
+def test_the_filmstrip_is_titled_by_step_with_every_n_steps():
+    from gradcam_callback.history import History
+    from gradcam_callback.pictures import Pictures
+    from gradcam_callback.render.run import Renderer
+
+    _, loader = model_and_loader()
+    samples = SampleStore(SampleReader(SampleOptions(num_samples=2))).get("validate", [loader])
+    history = History()
+    for epoch, step in ((0, 5), (0, 10), (1, 15)):
+        history.add(torch.rand(2, 32, 32, generator=torch.Generator().manual_seed(step)),
+                    epoch, step)
+    renderer = Renderer()
+    header = "filmstrip · epochs 0-1 · step 15"
+    for by_step, titles in ((True, ["step 5", "step 10", "step 15"]),
+                            (False, ["epoch 0", "epoch 0", "epoch 1"])):
+        sinks = RecordingSinks()
+        Pictures(renderer, sinks).send_filmstrip(samples, history, tag="f", step=15,
+                                                 by_step=by_step, gif_prefix="x")
+        (expected,) = renderer.filmstrip_pages(samples, history.maps, titles, header=header)
+        assert [(tag, step) for tag, step, _ in sinks.pictures] == [("f", 15)]
+        assert torch.equal(sinks.pictures[0][2], expected)
 
 
 def test_the_sample_store_keeps_samples_until_the_loader_changes():
@@ -137,6 +162,48 @@ def test_the_explainer_names_non_finite_samples_once_and_empties_their_maps():
     assert explained.maps[1].abs().sum() == 0 and explained.maps[0].amax() == 1.0
     explainer.explain(model, inputs, indices=[10, 11, 12, 13])
     assert len(said) == 1 and "samples [11] are NaN or infinite" in said[0]
+
+
+class NaNHead(torch.nn.Module):
+    """Finite features; the output is NaN for inputs whose first pixel is ``marker`` (the
+    head diverged on them)."""
+
+    def __init__(self, model, marker: float):
+        super().__init__()
+        self.model, self.marker = model, marker
+
+    def forward(self, x):
+        out = self.model(x)
+        hit = (x[:, 0, 0, 0] == self.marker).view(-1, 1)
+        return torch.where(hit, float("nan"), out)
+
+
+def test_a_sample_whose_output_is_not_finite_gets_an_empty_map_with_every_method():
+    model, loader = model_and_loader()
+    inputs = next(iter(loader))[0][:3]
+    for method in ("gradcam", "eigencam"):  # eigencam needs no gradient of the NaN output
+        explainer = Explainer(ExplainOptions(target_layer="model.features", method=method))
+        explained = explainer.explain(NaNHead(model, float(inputs[1, 0, 0, 0])), inputs)
+        assert explained.finite.tolist() == [True, False, True]
+        assert explained.maps[1].abs().sum() == 0 and explained.maps[0].amax() == 1.0
+
+
+def test_the_statistics_leave_out_samples_whose_outputs_are_not_finite():
+    from gradcam_callback.samples import FixedSamples
+    from gradcam_callback.statistics import collect_statistics
+
+    model, loader = model_and_loader()
+    inputs, labels = next(iter(loader))
+    explainer = Explainer(ExplainOptions(target_layer="model.features"))
+
+    def chunk(indices, net):
+        return (FixedSamples(indices, inputs[indices], labels[indices]),
+                explainer.explain(net, inputs[indices], primary_only=True))
+
+    head = NaNHead(model, float(inputs[1, 0, 0, 0]))
+    poisoned = collect_statistics(lambda i: chunk(i, head), [0, 1, 2], chunk_size=3)
+    clean = collect_statistics(lambda i: chunk(i, head), [0, 2], chunk_size=3)
+    assert poisoned.count == 2 and poisoned.scalars == pytest.approx(clean.scalars)
 
 
 def test_the_explainer_asks_for_labels_naming_why_there_are_none():

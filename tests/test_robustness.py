@@ -735,22 +735,40 @@ DDP_SCRIPT = '''
 import sys, warnings
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
+import gradcam_callback.explainer as explainer
 from gradcam_callback import GradCAMCallback
 from tests.lit_helpers import LitTiny, StripeData
 
+CALLS = [0]
+_explain_batch = explainer.explain_batch
+
+
+def counted(*args, **kwargs):
+    CALLS[0] += 1
+    return _explain_batch(*args, **kwargs)
+
+
+class FromTraining(Callback):
+    def on_train_start(self, trainer, pl_module):
+        CALLS[0] = 0  # (the check before training on rank zero, just before, not counted)
+
+
 if __name__ == "__main__":
     warnings.filterwarnings("ignore")
+    explainer.explain_batch = counted
     out, case = Path(sys.argv[1]), sys.argv[2]
     seed_everything(0)
     options = {{"target": 5}} if case == "error" else {{"image_dir": str(out / "blocker")}}
-    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
+    gradcam = GradCAMCallback("features", num_samples=4, **options)
+    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=5,
                       default_root_dir=out, logger=False, enable_checkpointing=False,
-                      callbacks=[GradCAMCallback("features", num_samples=4, **options)],
+                      callbacks=[gradcam, FromTraining()],
                       enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0)
     trainer.fit(LitTiny(), StripeData())
-    (out / f"done_rank{{trainer.global_rank}}").write_text(str(trainer.global_step))
+    (out / f"done_rank{{trainer.global_rank}}").write_text(
+        f"{{trainer.global_step}} {{gradcam.switched_off}} {{CALLS[0]}}")
 '''
 
 
@@ -768,7 +786,11 @@ def test_ddp_a_fault_on_rank_zero_stops_no_rank_and_an_error_does_not_hang(tmp_p
                             capture_output=True, text=True, timeout=300, env=env, check=False)
     if case == "fault":
         assert result.returncode == 0, result.stderr[-3000:]
-        assert [(tmp_path / f"done_rank{r}").read_text() for r in (0, 1)] == ["6", "6"]
+        done = [(tmp_path / f"done_rank{r}").read_text().split() for r in (0, 1)]
+        # both ranks trained 5 epochs; rank zero's pictures failed 3 runs in a row, so it
+        # switched off, and rank one with it: after that, no rank explained anything.
+        # Rank zero: 3 runs x (statistics + pictures); rank one: 3 x its statistics share.
+        assert done == [["15", "True", "6"], ["15", "True", "3"]]
     else:
         assert result.returncode != 0
         assert "target class 5 is out of range" in result.stderr
