@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch torchvision
 DEMO_OUT ?= demo_output
 
-.PHONY: help test lint demo bench clean
+.PHONY: help test test-shuffled lint demo bench clean
 
 help:
 	@echo "make demo  - create $(VENV), install, run the shortcut-learning example (CPU, ~1 min)"
 	@echo "make test  - create $(VENV), install with dev extras, run lint, mypy and the test suite"
+	@echo "make test-shuffled - the same suite in a random order (SEED=<n> to repeat one)"
 	@echo "make bench - run the benchmarks in benchmarks/ (a few minutes, CPU)"
 
 $(BIN)/python:
@@ -34,11 +35,17 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Two workers on two cores: the suite is full of subprocess starts and small models.
-PYTEST_ARGS ?= -n 2 --dist loadgroup
+# Two workers on two cores: the suite is full of subprocess starts and small models. The
+# tests run in file order; `make test-shuffled` runs them in a random order (pytest-randomly)
+# to show that no test depends on another (every test starts from the same random state).
+PYTEST_ARGS ?= -n 2 --dist loadgroup -p no:randomly
+SEED ?= $(shell date +%s)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-shuffled: lint
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -p randomly --randomly-seed=$(SEED)
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/shortcut_learning.py --out $(DEMO_OUT)

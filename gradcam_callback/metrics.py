@@ -4,7 +4,9 @@ pointing game, and how fixed the evidence's location is across images.
 All functions take CAMs ``(N, H, W)`` with non-negative values (``compute_cam`` output) and
 return one value per sample, as float32 (or bool) tensors ``(N,)`` on the maps' device.
 None of them returns NaN: the degenerate cases (an all-zero map, an empty mask) have a
-documented value.
+documented value. Two say "undefined" with NaN, for a mean to leave out: the
+:func:`location_consistency` of a map alone in its group, and, in :func:`attention_scalars`,
+the lift of an empty mask.
 
 Formulas, per sample, with ``m`` a map flattened to a vector:
 
@@ -44,7 +46,8 @@ Formulas, per sample, with ``m`` a map flattened to a vector:
   adds nothing (a correlation of whole maps is pulled up by it). It needs no mask, but it
   cannot tell a shortcut from an object that always sits at the same place (centred
   objects), and a cue spread over the whole image (a tint, a texture) has no place to be
-  consistent about.
+  consistent about. A map without evidence (all zero) has no place either: it shares
+  nothing and scores 0, so a model whose maps are still empty reads 0, not undefined.
 """
 
 from __future__ import annotations
@@ -226,9 +229,10 @@ def location_consistency(maps: Tensor, groups: Tensor | None = None,
         float32 ``(N,)`` in ``[0, 1]``: for map ``i`` with top cells ``A_i``, the mean of
         ``|A_i & A_j| / |A_i|`` over the other maps ``j`` of its group. About ``share``
         when the maps' peaks are at independent places (exactly: the mean share of the
-        cells that the other maps' top cells cover). NaN for a constant map (e.g. all
-        zero) or one alone in its group (no partner to compare with): leave those out of
-        a mean (``nanmean``).
+        cells that the other maps' top cells cover). A map without top cells (constant,
+        e.g. all zero: no evidence anywhere) shares nothing: it scores 0 and adds nothing
+        to its partners' scores. NaN for a map alone in its group (no partner to compare
+        with): leave those out of a mean (``nanmean``).
 
     Example::
 
@@ -242,16 +246,15 @@ def location_consistency(maps: Tensor, groups: Tensor | None = None,
     _check_maps(maps, "maps")
     top = top_cells(maps, share).float()
     sizes = top.sum(1)
-    valid = sizes > 0
     if groups is None:
         groups = torch.zeros(len(maps), dtype=torch.long, device=maps.device)
     groups = groups.to(maps.device).long()
-    same = (groups.unsqueeze(0) == groups.unsqueeze(1)) & valid.unsqueeze(0)
+    same = groups.unsqueeze(0) == groups.unsqueeze(1)
     same.fill_diagonal_(False)
     partners = same.sum(1)
-    shared = (top @ top.T) / sizes.clamp(min=1).unsqueeze(1)
+    shared = (top @ top.T) / sizes.clamp(min=1).unsqueeze(1)  # rows of zeros: no top cells
     values = (shared * same).sum(1) / partners.clamp(min=1)
-    return torch.where(valid & (partners > 0), values, float("nan"))
+    return torch.where(partners > 0, values, float("nan"))
 
 
 def top_cells(maps: Tensor, share: float = TOP_SHARE) -> Tensor:
@@ -288,7 +291,9 @@ def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None,
 
     ``border_energy`` and ``border_lift``, and for each named mask ``area/<name>``,
     ``energy_in_mask/<name>``, ``lift/<name>`` and ``pointing_game/<name>`` (1.0 for a
-    hit, 0.0 for a miss; the peak may be ``tolerance`` pixels outside the mask).
+    hit, 0.0 for a miss; the peak may be ``tolerance`` pixels outside the mask). A sample
+    whose mask is empty has no lift (a share of nothing): NaN there, so a mean over the
+    samples leaves it out; its energy, area and pointing game are 0.
 
     Example::
 
@@ -298,9 +303,10 @@ def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None,
     """
     scalars = {"border_energy": border_energy(cams), "border_lift": border_lift(cams)}
     for name, mask in (masks or {}).items():
-        scalars[f"area/{name}"] = area_share(cams, mask)
+        area = area_share(cams, mask)
+        scalars[f"area/{name}"] = area
         scalars[f"energy_in_mask/{name}"] = energy_in_mask(cams, mask)
-        scalars[f"lift/{name}"] = lift(cams, mask)
+        scalars[f"lift/{name}"] = torch.where(area > 0, lift(cams, mask), float("nan"))
         scalars[f"pointing_game/{name}"] = pointing_game(cams, mask, tolerance).float()
     return scalars
 

@@ -17,7 +17,7 @@ the collectives), so every part runs and is tested without a ``Trainer``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from gradcam_callback.explainer import Explained, Explainer
 from gradcam_callback.guard import STATISTICS_STEP
 from gradcam_callback.history import History
 from gradcam_callback.metrics import attention_scalars
+from gradcam_callback.monitors import FIRST_RUN_UNDEFINED, check_monitors
 from gradcam_callback.notices import Notices
 from gradcam_callback.options import CallbackOptions
 from gradcam_callback.pictures import Pictures, Sinks
@@ -35,6 +36,7 @@ from gradcam_callback.render import run_header
 from gradcam_callback.render.run import Renderer
 from gradcam_callback.samples import FixedSamples, SampleReader, SampleStore
 from gradcam_callback.statistics import Collectives, StatisticsResult, StatisticsRunner
+from gradcam_callback.statistics.accumulator import no_value_cause
 
 __all__ = ["Observer", "Run"]
 
@@ -120,9 +122,12 @@ class Observer:
         return f"gradcam/{self.explainer.layer_name}/" + ("" if stage == "validate"
                                                          else f"{stage}/")
 
-    def check(self, model: nn.Module, loaders: Any, run: Run, *, provisional: bool) -> None:
+    def check(self, model: nn.Module, loaders: Any, run: Run, *, provisional: bool,
+              monitors: Iterable[object] = ()) -> None:
         """Fail fast: read, explain, draw, encode and measure the fixed samples once, and
         the statistics on their first chunk; nothing is logged or kept but the samples.
+        In a fit, a strict monitor of a scalar that a run would leave out fails too
+        (:func:`~gradcam_callback.monitors.check_monitors`).
 
         Raises:
             Exception: whatever would fail at the first run, with its own message.
@@ -130,11 +135,19 @@ class Observer:
         samples = self.samples.get(run.stage, loaders, provisional=provisional)
         explained = self._explain(model, samples, run)
         self.pictures.check(samples, explained, filmstrip=run.fitting)
-        attention_scalars(explained.maps, samples.masks)
+        published, undefined = _scalars(explained, samples, None)
         if self.statistics.enabled:
-            self.statistics.check(model, self.explainer, self.samples,
-                                  self.samples.loader_for(run.stage, loaders), run.stage,
-                                  run.prepare)
+            result, complete = self.statistics.check(
+                model, self.explainer, self.samples,
+                self.samples.loader_for(run.stage, loaders), run.stage, run.prepare)
+            if result is not None:
+                published = {**result.scalars, "metric_samples": float(result.count)}
+                undefined = result.undefined if complete else {}
+        if run.fitting:
+            names = {*published, *undefined, *FIRST_RUN_UNDEFINED}
+            check_monitors(monitors, self.prefix(run.stage), names, undefined,
+                           every_n_epochs=self.options.run.every_n_epochs,
+                           every_n_steps=self.options.run.every_n_steps)
 
     def measure(self, model: nn.Module, loaders: Any, run: Run, *,
                 collectives: Collectives | None, rank: int = 0, world_size: int = 1
@@ -151,7 +164,8 @@ class Observer:
                                      world_size=world_size)
         if result is None:
             return None, False
-        self.statistics.report_undefined(result, self.prefix(run.stage), epoch=run.epoch)
+        self.statistics.report_undefined(result.undefined, self.prefix(run.stage),
+                                         epoch=run.epoch)
         return result, self.statistics.sound_alarms(result, epoch=run.epoch, step=run.step)
 
     def show(self, model: nn.Module, loaders: Any, run: Run,
@@ -167,7 +181,8 @@ class Observer:
             run.epoch, run.step, None if run.stage == "validate" else run.stage))
         self.pictures.keep(grid)
         self.progress("measuring", "")
-        metrics = _scalars(explained, samples, statistics)
+        metrics, undefined = _scalars(explained, samples, statistics)
+        self.statistics.report_undefined(undefined, prefix, epoch=run.epoch)
         if statistics is not None and statistics.count:
             self.statistics.advise_on_coarse_maps(model, statistics, samples,
                                                   self.explainer.layer_name, run.prepare)
@@ -208,13 +223,18 @@ class Observer:
 
 
 def _scalars(explained: Explained, samples: FixedSamples,
-             statistics: StatisticsResult | None) -> dict[str, float]:
-    """The run's scalars: the statistics', else means over the shown samples' finite maps."""
+             statistics: StatisticsResult | None) -> tuple[dict[str, float], dict[str, str]]:
+    """The run's scalars, and the undefined ones with their causes: the statistics', else
+    means over the shown samples with finite outputs (undefined values left out)."""
     if statistics is not None:
-        return {**statistics.scalars, "metric_samples": float(statistics.count)}
+        return {**statistics.scalars, "metric_samples": float(statistics.count)}, {}
     keep = explained.finite
-    if not bool(keep.any()):
-        return {}
     masks = {name: mask[keep] for name, mask in samples.masks.items()}
-    return {name: values.mean().item()
-            for name, values in attention_scalars(explained.maps[keep], masks).items()}
+    scalars, undefined = {}, {}
+    for name, values in attention_scalars(explained.maps[keep], masks).items():
+        defined = values[~values.isnan()]
+        if len(defined):
+            scalars[name] = defined.float().mean().item()
+        else:
+            undefined[name] = no_value_cause(name)
+    return scalars, undefined

@@ -92,6 +92,12 @@ class ExplainOptions:
     output_transform: Callable[[Any], Tensor] | None = None
     batch_size: int = 32
 
+    def identity(self) -> dict[str, str | int]:
+        """What tells two callbacks apart in a checkpoint (Lightning's ``state_key``)."""
+        target = self.target if isinstance(self.target, (str, int)) else "callable"
+        return {"target_layer": self.target_layer or "auto", "method": self.method,
+                "target": target}
+
 
 @dataclass(frozen=True)
 class PictureOptions:

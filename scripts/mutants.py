@@ -188,7 +188,8 @@ MUTANTS = [
          "or not self._guard.active:",
          ROBUST + "test_ddp_a_fault_on_rank_zero_stops_no_rank_and_an_error_does_not_hang"),
     part("guard: the statistics' out-of-memory fix names batch_size", "guard.py",
-         "        if step == STATISTICS_STEP:\n            now", "        if False:\n            now",
+         "        if step == STATISTICS_STEP:\n            now",
+         "        if False:\n            now",
          RECOMPOSED + "test_6_out_of_memory_in_the_statistics_names_metric_batch_size",
          ROBUST + "test_failure_descriptions_name_cause_and_fix"),
     part("callback: a new on_error never reaches the guard", "lightning/callback.py",
@@ -258,7 +259,8 @@ MUTANTS = [
 def pytest(python: str, tests: tuple[str, ...] | list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(
-        [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header",
+        [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         "--no-header",
          "-o", "addopts=", *tests],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False)
 

@@ -31,8 +31,9 @@ def _quiet_lightning():
 
 
 def fit(tmp_path, callbacks, max_epochs=2, data=None, model=None, logger=True, **trainer_kwargs):
+    """Fit after seeding; ``model`` is a class or factory, built after the seed."""
     seed_everything(0)
-    model = model or LitTiny()
+    model = (model or LitTiny)()
     if logger is True:
         logger = TensorBoardLogger(tmp_path, name="tb")
     trainer = Trainer(max_epochs=max_epochs, logger=logger, callbacks=callbacks,
@@ -236,7 +237,7 @@ def test_dict_batches_and_class_names(tmp_path):
 
 def test_grayscale_inputs_with_mean_and_std(tmp_path):
     callback = GradCAMCallback("features", mean=[0.5], std=[0.25])
-    trainer, _ = fit(tmp_path, [callback], max_epochs=1, model=LitTiny(channels=1),
+    trainer, _ = fit(tmp_path, [callback], max_epochs=1, model=lambda: LitTiny(channels=1),
                      data=StripeData(channels=1))
     picture = decode(logged_images(trainer, "gradcam/features/overlay")[0])
     assert picture.std() > 20

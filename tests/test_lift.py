@@ -199,6 +199,8 @@ def test_location_consistency_known_partial_overlap_and_lonely_maps():
     values = location_consistency(torch.cat([a, b, c, torch.zeros(1, 10, 10), a]),
                                   torch.tensor([0, 0, 0, 0, 1]))
     # each map's own top cells are the denominator: a finds all 10 of its cells in b,
-    # b finds 10 of its 20 in a; both find none in c
-    assert values[:3].tolist() == pytest.approx([(1.0 + 0) / 2, (0.5 + 0) / 2, 0.0])
-    assert math.isnan(values[3].item()) and math.isnan(values[4].item())  # constant / alone
+    # b finds 10 of its 20 in a; both find none in c, nor in the empty map, which has no
+    # evidence anywhere, so shares nothing and scores 0
+    assert values[:4].tolist() == pytest.approx([(1.0 + 0 + 0) / 3, (0.5 + 0 + 0) / 3, 0.0,
+                                                 0.0])
+    assert math.isnan(values[4].item())  # alone in its group: no partner to compare with

@@ -242,11 +242,12 @@ def test_the_guard_takes_rank_zeros_decision_and_configures_between_runs():
 
 
 def test_summaries_of_fewer_than_two_samples_leave_the_spread_undefined():
-    assert summarise("lift", 0, 0.0, 0.0) == ({}, {
-        "lift": "no sample had a value", "lift_std": "no sample had a value",
-        "lift_ci95": "no sample had a value"})
-    values, undefined = summarise("lift", 1, 3.0, 9.0)
-    assert values == {"lift": 3.0} and set(undefined) == {"lift_std", "lift_ci95"}
+    cause = "no sample had a value (were all outputs NaN?)"
+    assert summarise("border_lift", 0, 0.0, 0.0) == ({}, {
+        "border_lift": cause, "border_lift_std": cause, "border_lift_ci95": cause})
+    values, undefined = summarise("lift/box", 1, 3.0, 9.0)
+    assert values == {"lift/box": 3.0} and set(undefined) == {"lift/box_std", "lift/box_ci95"}
+    assert "mask 'box' is empty in every sample" in summarise("lift/box", 0, 0, 0)[1]["lift/box"]
 
 
 # ----- the trainer adapter against the installed Lightning --------------------------------

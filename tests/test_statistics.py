@@ -118,13 +118,15 @@ def test_location_consistency_matches_the_metric_grouped_by_prediction():
 
 def test_location_consistency_streams_like_the_metric_with_lonely_and_constant_maps():
     cams, logits, labels, masks, inputs = known_batch(count=20)
-    cams[3], cams[4] = 0.0, 0.5  # constant maps: no top cells, left out
-    logits[:, 2] = -10.0
-    logits[7, 2] = 10.0  # sample 7 alone in class 2: no partner, left out
-    logits[4, 2] = 10.0  # its only classmate is constant: still alone
+    cams[3], cams[4] = 0.0, 0.5  # constant maps: no top cells, so they share nothing
+    logits[:, 1:] = -10.0
+    logits[7, 2] = 10.0  # sample 7 in class 2 with sample 4 only, whose map is constant
+    logits[4, 2] = 10.0
+    logits[8, 1] = 10.0  # sample 8 alone in class 1: no partner, left out
     cams[9, :16] *= 3.0  # a map whose top cells are another share of the image
     values = location_consistency(cams, logits.argmax(1)).double()
-    assert values.isnan().sum() == 3  # 3, 4 and 7
+    assert values.isnan().nonzero().flatten().tolist() == [8]
+    assert values[3] == 0 and values[4] == 0 and values[7] == 0
     values = values[~values.isnan()]
     for chunk in (1, 6, 20):
         result = summarise(cams, logits, labels, masks, inputs, chunk=chunk)
@@ -449,7 +451,7 @@ def test_callback_publishes_scalars_early_stopping_monitors_them_and_alarms_stop
                             patience=5, check_on_train_epoch_end=False)
     with pytest.warns(UserWarning, match=r"alarm: lift/shortcut_mask = [0-9.]+ at epoch 0"):
         trainer, _ = fit(tmp_path, [gradcam, stopper], max_epochs=4, data=ShapesData(),
-                         model=LitTiny())
+                         model=LitTiny)
     assert trainer.current_epoch == 1  # stopped by the alarm after the first epoch
     metrics = trainer.callback_metrics
     logged = gradcam.last_metrics
@@ -483,14 +485,17 @@ def test_a_too_coarse_layer_warns_once_naming_an_earlier_layer(tmp_path):
     from tests.lit_helpers import LitTiny
     from tests.test_callback import fit
 
-    model = LitTiny()
-    model.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                   nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                                   nn.MaxPool2d(8))  # 32 px -> 2x2
+    def coarse():  # built after fit's seed
+        model = LitTiny()
+        model.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                       nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1),
+                                       nn.ReLU(), nn.MaxPool2d(8))  # 32 px -> 2x2
+        return model
+
     gradcam = GradCAMCallback("features", num_samples=2, metric_samples=8)
     with pytest.warns(UserWarning, match=r"'features' gives 2x2 maps for 32x32 inputs: too "
                                          r"coarse.*target_layer='features.4'") as caught:
-        fit(tmp_path, [gradcam], max_epochs=2, model=model)
+        fit(tmp_path, [gradcam], max_epochs=2, model=coarse)
     assert sum("too coarse" in str(w.message) for w in caught) == 1
     assert gradcam.last_statistics.layer_size == (2, 2)
 

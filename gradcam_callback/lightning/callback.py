@@ -173,10 +173,7 @@ class GradCAMCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        explaining = self._options.explaining
-        target = explaining.target if isinstance(explaining.target, (str, int)) else "callable"
-        return self._generate_state_key(target_layer=explaining.target_layer or "auto",
-                                        method=explaining.method, target=target)
+        return self._generate_state_key(**self._options.explaining.identity())
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -239,7 +236,7 @@ class GradCAMCallback(Callback):
             return  # explained at this step already, or switched off (alike on every rank)
         if run.extends_history:
             self._last_run_step = run.step
-        loaders = api.current_dataloaders(trainer, stage)
+        loaders, shown = api.current_dataloaders(trainer, stage), {}
         with preserved_rng_state(pl_module.device), self._guard.attempt(run.describe()):
             statistics, stop = self._observer.measure(
                 pl_module, loaders, run, collectives=api.collectives(trainer, pl_module),
@@ -249,12 +246,13 @@ class GradCAMCallback(Callback):
                 api.publish(trainer, {prefix + k: v for k, v in statistics.scalars.items()})
                 trainer.should_stop = trainer.should_stop or stop
             if trainer.is_global_zero:
-                self._observer.show(pl_module, loaders, run, statistics)
+                shown = self._observer.show(pl_module, loaders, run, statistics)
+        # what rank zero logged (drift too) reaches callback_metrics on every rank
+        api.publish(trainer, api.rank_zero_broadcast(trainer)(shown))
 
     def log_filmstrip(self, trainer: Trainer) -> Tensor | None:
-        """Log the filmstrip of the runs so far (called at the end of fit, rank zero): a row
-        per fixed sample, a column per run (at most ``filmstrip_max``, evenly spread).
-        Returns its first page as uint8 ``(3, H, W)``, or ``None``."""
+        """Log the filmstrip of the runs so far (at the end of fit; rank zero); returns its
+        first page as uint8 ``(3, H, W)``, or ``None``."""
         loaders = api.current_dataloaders(trainer, "validate")
         return self._observer.filmstrip(loaders, trainer.global_step) \
             if trainer.is_global_zero else None
@@ -276,7 +274,8 @@ class GradCAMCallback(Callback):
                 f"raised by GradCAMCallback's check of its options on the fixed {stage} "
                 f"samples before {what}"):
             loaders, provisional = api.dataloaders_for_check(trainer, stage)
-            self._observer.check(pl_module, loaders, run, provisional=provisional)
+            self._observer.check(pl_module, loaders, run, provisional=provisional,
+                                 monitors=getattr(trainer, "callbacks", ()))
 
     def _start(self, trainer: Trainer) -> None:
         """A new fit, validate or test: new sinks, failure count and warnings."""

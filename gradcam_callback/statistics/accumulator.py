@@ -128,7 +128,7 @@ def summarise(name: str, count: float, total: float, squares: float
     """
     mean_name, std_name, ci_name = summary_names(name)
     if count < 1:
-        cause = _NO_VALUE.get(name, "no sample had a value")
+        cause = no_value_cause(name)
         return {}, {mean_name: cause, std_name: cause, ci_name: cause}
     mean = total / count
     if count < 2:
@@ -138,8 +138,15 @@ def summarise(name: str, count: float, total: float, squares: float
     return {mean_name: mean, std_name: std, ci_name: Z95 * std / math.sqrt(count)}, {}
 
 
-_NO_VALUE = {CONSISTENCY: "no sample had another sample of its predicted class to compare "
-                          "with (each class had at most one)"}
+def no_value_cause(name: str) -> str:
+    """Why no sample has a value of the scalar ``name``, in words."""
+    if name == CONSISTENCY:
+        return ("no sample had another sample of its predicted class to compare with (each "
+                "class had at most one)")
+    if name.startswith("lift/"):
+        return (f"the mask {name.removeprefix('lift/')!r} is empty in every sample (a lift "
+                "divides by the mask's area)")
+    return "no sample had a value (were all outputs NaN?)"
 
 
 @dataclass
@@ -159,7 +166,6 @@ class AttentionStatistics:
     label_sums: Tensor = field(default_factory=lambda: _zeros(0))
     label_counts: Tensor = field(default_factory=lambda: _zeros(0))
     top_sums: Tensor = field(default_factory=lambda: _zeros(0))
-    top_counts: Tensor = field(default_factory=lambda: _zeros(0))
     image_sum: Tensor = field(default_factory=lambda: _zeros(0))
     count: int = 0
     layer_size: tuple[int, int] | None = None
@@ -190,12 +196,9 @@ class AttentionStatistics:
         self._ensure_classes(logits.shape[1] if logits.dim() == 2 else 1, inputs)
         small = shrink_maps(cams, self.map_size)
         self._add_class_maps(small, predictions, labels)
-        top = top_cells(small)
-        valid = top.any(dim=1)
-        top, groups = top[valid], predictions[valid]
-        self.top_sums.index_add_(0, groups, top.double())
-        self.top_counts.index_add_(0, groups, torch.ones(len(groups), dtype=torch.float64))
-        self._tops.append((top, groups))
+        top = top_cells(small)  # no top cells for a map without evidence: it shares nothing
+        self.top_sums.index_add_(0, predictions, top.double())
+        self._tops.append((top, predictions))
         images = inputs.detach().float().cpu()
         small_images = shrink_maps(images.flatten(0, 1), IMAGE_SIZE)
         self.image_sum += small_images.view(*images.shape[:2], *small_images.shape[-2:]) \
@@ -246,7 +249,7 @@ class AttentionStatistics:
         for name, value in zip(layout["names"], total, strict=False):
             self.moments[name] = value
         (self.prediction_sums, self.prediction_counts, self.label_sums, self.label_counts,
-         self.top_sums, self.top_counts, self.image_sum, extra) = total[len(layout["names"]):]
+         self.top_sums, self.image_sum, extra) = total[len(layout["names"]):]
         self.count, self.has_labels = int(extra[0]), bool(extra[1] > 0)
         self.moments[CONSISTENCY] = _reduce_parts([self._consistency_moments()], reduce_sum,
                                                   device)[0]
@@ -256,7 +259,7 @@ class AttentionStatistics:
         """Every sum, in the order the ranks add them up."""
         return [*(self.moments[name] for name in names), self.prediction_sums,
                 self.prediction_counts, self.label_sums, self.label_counts, self.top_sums,
-                self.top_counts, self.image_sum,
+                self.image_sum,
                 torch.tensor([float(self.count), float(self.has_labels)], dtype=torch.float64)]
 
     def result(self) -> StatisticsResult:
@@ -322,7 +325,6 @@ class AttentionStatistics:
         self.top_sums = grown(self.top_sums, (classes, shape[0] * shape[1]))
         self.prediction_counts = grown(self.prediction_counts, (classes,))
         self.label_counts = grown(self.label_counts, (classes,))
-        self.top_counts = grown(self.top_counts, (classes,))
         if not self.image_sum.numel():
             self.image_sum = _zeros(*layout["image_shape"])
         self.num_classes = classes
@@ -345,14 +347,17 @@ class AttentionStatistics:
     def _consistency_moments(self) -> Tensor:
         """Moments of each sample's :func:`~gradcam_callback.metrics.location_consistency`
         within its predicted class: ``(t_i . S_c / |t_i| - 1) / (n_c - 1)``, with ``t_i``
-        its top cells and ``S_c`` the (all-rank) count of each cell among the class's top
-        cells; samples alone in their class (or with a constant map) are left out."""
+        its top cells, ``S_c`` the (all-rank) count of each cell among the class's top
+        cells and ``n_c`` the class's samples; 0 for a sample without top cells (a
+        constant map); samples alone in their class are left out."""
         moments = torch.zeros(3, dtype=torch.float64)
         for top, groups in self._tops:
-            partners = self.top_counts[groups] - 1
+            partners = self.prediction_counts[groups] - 1
             cells = top.double()
-            shared = (cells * self.top_sums[groups]).sum(1) / cells.sum(1)
-            values = ((shared - 1) / partners.clamp(min=1))[partners > 0]
+            sizes = cells.sum(1)
+            shared = (cells * self.top_sums[groups]).sum(1) / sizes.clamp(min=1)
+            own = (sizes > 0).double()  # a sample shares all of its own top cells
+            values = ((shared - own) / partners.clamp(min=1))[partners > 0]
             moments += torch.stack([torch.tensor(float(len(values)), dtype=torch.float64),
                                     values.sum(), values.square().sum()])
         return moments

@@ -65,14 +65,18 @@ class StatisticsRunner:
         return self.last
 
     def check(self, model: nn.Module, explainer: Explainer, store: SampleStore,
-              loader: DataLoader, stage: str, prepare: Prepare) -> None:
-        """Fail fast: the statistics on their first chunk, this rank alone, nothing kept."""
+              loader: DataLoader, stage: str, prepare: Prepare
+              ) -> tuple[StatisticsResult | None, bool]:
+        """Fail fast: the statistics on their first chunk, this rank alone, nothing kept.
+        Returns them, and whether that chunk was all of the metric samples."""
         total = dataset_size(loader.dataset, self.options.metric_samples)
-        if total:
-            collect_statistics(self._explain_chunk(model, explainer, store, loader, stage,
-                                                   prepare),
-                               range(min(total, self.options.metric_batch_size)),
-                               chunk_size=self.options.metric_batch_size)
+        if not total:
+            return None, True
+        chunk = min(total, self.options.metric_batch_size)
+        result = collect_statistics(self._explain_chunk(model, explainer, store, loader,
+                                                        stage, prepare),
+                                    range(chunk), chunk_size=self.options.metric_batch_size)
+        return result, chunk == total
 
     def sound_alarms(self, result: StatisticsResult, *, epoch: int, step: int) -> bool:
         """Say the alarms that fire; whether training should stop."""
@@ -80,9 +84,9 @@ class StatisticsRunner:
                             step=step, stop=self.options.alarm_action == "stop",
                             undefined=result.undefined)
 
-    def report_undefined(self, result: StatisticsResult, prefix: str, *, epoch: int) -> None:
+    def report_undefined(self, undefined: dict[str, str], prefix: str, *, epoch: int) -> None:
         """Name, once each, the scalars left out this run because they are undefined."""
-        for name, cause in result.undefined.items():
+        for name, cause in undefined.items():
             self.notices.warn_once(
                 f"undefined_{name}",
                 f"GradCAMCallback: {prefix}{name} is undefined at epoch {epoch}: {cause}. It "
