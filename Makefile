@@ -38,7 +38,7 @@ lint: $(VENV)/.installed-dev
 # Two workers on two cores: the suite is full of subprocess starts and small models. The
 # tests run in file order; `make test-shuffled` runs them in a random order (pytest-randomly)
 # to show that no test depends on another (every test starts from the same random state).
-PYTEST_ARGS ?= -n 2 --dist loadgroup -p no:randomly
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 SEED ?= $(shell date +%s)
 
 test: lint

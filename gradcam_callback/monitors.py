@@ -38,7 +38,8 @@ def strict_monitors(callbacks: Iterable[object]) -> Iterator[tuple[str, str]]:
 
 def check_monitors(callbacks: Iterable[object], prefix: str, names: Collection[str],
                    undefined: Mapping[str, str], *, every_n_epochs: int = 1,
-                   every_n_steps: int | None = None) -> None:
+                   every_n_steps: int | None = None,
+                   steps_per_validation: float = 1.0) -> None:
     """Raise before training if a strict monitor of a scalar under ``prefix`` would find
     its key missing after a validation run.
 
@@ -49,7 +50,9 @@ def check_monitors(callbacks: Iterable[object], prefix: str, names: Collection[s
         undefined: those undefined on the samples the check measured (all of the metric
             samples), with their causes.
         every_n_epochs: the callback's option (epochs without a run have no value).
-        every_n_steps: the callback's option (its runs may fill those epochs).
+        every_n_steps: the callback's option: its runs fill those epochs when there is one
+            between every two validations.
+        steps_per_validation: the optimizer steps from one validation to the next.
 
     Raises:
         ValueError: naming each such monitor, why its key would be missing, and the fix.
@@ -68,7 +71,8 @@ def check_monitors(callbacks: Iterable[object], prefix: str, names: Collection[s
         if not key.startswith(prefix):
             continue  # not this callback's (another layer's callback, or no gradcam key)
         name = key.removeprefix(prefix)
-        cause = _missing_cause(name, names, undefined, every_n_epochs, every_n_steps)
+        fills = every_n_steps is not None and every_n_steps <= steps_per_validation
+        cause = _missing_cause(name, names, undefined, 1 if fills else every_n_epochs)
         if cause is not None:
             problems.append(f"{who} would stop training with an error: {cause}")
     if problems:
@@ -82,7 +86,7 @@ def check_monitors(callbacks: Iterable[object], prefix: str, names: Collection[s
 
 
 def _missing_cause(name: str, names: Collection[str], undefined: Mapping[str, str],
-                   every_n_epochs: int, every_n_steps: int | None) -> str | None:
+                   every_n_epochs: int) -> str | None:
     if name in FIRST_RUN_UNDEFINED:
         return f"{name} is undefined at the first run (there is no earlier run to compare with)"
     if name not in names:
@@ -92,7 +96,7 @@ def _missing_cause(name: str, names: Collection[str], undefined: Mapping[str, st
                    else f" (it publishes {', '.join(sorted(names))})"))
     if name in undefined:
         return f"{name} is undefined on the metric samples before training: {undefined[name]}"
-    if every_n_epochs > 1 and every_n_steps is None:
+    if every_n_epochs > 1:
         return (f"with every_n_epochs={every_n_epochs} the first run is at epoch "
                 f"{every_n_epochs - 1}, so the validations before it have no {name}")
     return None

@@ -43,12 +43,12 @@ class Notices:
 
     def warn_once(self, key: str, message: str) -> None:
         """Say ``message`` as a warning unless ``key`` was said since the last reset."""
-        if self._first(key):
+        if self.first(key):
             self.warn(message)
 
     def info_once(self, key: str, message: str) -> None:
         """Say ``message`` as a note unless ``key`` was said since the last reset."""
-        if self._first(key):
+        if self.first(key):
             self.info(message)
 
     def said(self, key: str) -> bool:
@@ -59,7 +59,9 @@ class Notices:
         """Forget what was said (a new fit, validate or test)."""
         self._said.clear()
 
-    def _first(self, key: str) -> bool:
+    def first(self, key: str) -> bool:
+        """Whether ``key`` comes up for the first time since the last reset (it is then
+        marked said): for work done once, whatever it then says."""
         if key in self._said:
             return False
         self._said.add(key)

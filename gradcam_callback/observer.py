@@ -111,11 +111,13 @@ class Observer:
         if not same_maps or options.samples.identity() != old.samples.identity():
             self.history.clear()
 
-    def new_fit(self, restored: bool) -> None:
-        """A fit starts; without a restored checkpoint, with a new history."""
+    def new_fit(self, restored: bool) -> int | None:
+        """A fit starts; without a restored checkpoint, with a new history. Returns the
+        last step the history has (explained already: a resumed fit does not repeat it)."""
         if not restored:
             self.history.clear()
             self.samples.restored_indices = None
+        return self.history.steps[-1] if self.history.steps else None
 
     def prefix(self, stage: str) -> str:
         """``gradcam/<layer>/`` (``gradcam/<layer>/test/`` for the test stage)."""
@@ -123,11 +125,12 @@ class Observer:
                                                          else f"{stage}/")
 
     def check(self, model: nn.Module, loaders: Any, run: Run, *, provisional: bool,
-              monitors: Iterable[object] = ()) -> None:
+              monitors: Iterable[object] = (), steps_per_validation: float = 1.0) -> None:
         """Fail fast: read, explain, draw, encode and measure the fixed samples once, and
         the statistics on their first chunk; nothing is logged or kept but the samples.
         In a fit, a strict monitor of a scalar that a run would leave out fails too
-        (:func:`~gradcam_callback.monitors.check_monitors`).
+        (:func:`~gradcam_callback.monitors.check_monitors`; ``steps_per_validation``:
+        the optimizer steps between two validations, against ``every_n_steps``).
 
         Raises:
             Exception: whatever would fail at the first run, with its own message.
@@ -136,46 +139,43 @@ class Observer:
         explained = self._explain(model, samples, run)
         self.pictures.check(samples, explained, filmstrip=run.fitting)
         published, undefined = _scalars(explained, samples, None)
+        names = {*published, *undefined}  # a run without statistics publishes these
         if self.statistics.enabled:
             result, complete = self.statistics.check(
                 model, self.explainer, self.samples,
                 self.samples.loader_for(run.stage, loaders), run.stage, run.prepare)
-            if result is not None:
-                published = {**result.scalars, "metric_samples": float(result.count)}
-                undefined = result.undefined if complete else {}
+            if result is not None:  # a run with statistics publishes these (and names)
+                names |= {*result.scalars, *result.undefined, "metric_samples"}
+                undefined = _undefined_before_training(result, names) if complete else {}
         if run.fitting:
-            names = {*published, *undefined, *FIRST_RUN_UNDEFINED}
-            check_monitors(monitors, self.prefix(run.stage), names, undefined,
-                           every_n_epochs=self.options.run.every_n_epochs,
-                           every_n_steps=self.options.run.every_n_steps)
+            check_monitors(monitors, self.prefix(run.stage), names | set(FIRST_RUN_UNDEFINED),
+                           undefined, every_n_epochs=self.options.run.every_n_epochs,
+                           every_n_steps=self.options.run.every_n_steps,
+                           steps_per_validation=steps_per_validation)
 
     def measure(self, model: nn.Module, loaders: Any, run: Run, *,
-                collectives: Collectives | None, rank: int = 0, world_size: int = 1
-                ) -> tuple[StatisticsResult | None, bool]:
+                collectives: Collectives | None) -> tuple[StatisticsResult | None, bool]:
         """This rank's share of the statistics, added up over all ranks (every rank calls
         it); returns them (``None`` with ``metric_samples=0``) and whether an alarm asks
         training to stop (the same answer on every rank)."""
         if not self.statistics.enabled:
             return None, False
         self.progress(STATISTICS_STEP, "")
-        result = self.statistics.run(model, self.explainer, self.samples,
-                                     self.samples.loader_for(run.stage, loaders), run.stage,
-                                     run.prepare, collectives=collectives, rank=rank,
-                                     world_size=world_size)
-        if result is None:
-            return None, False
+        result = self.statistics.run(model, self.explainer, self.samples, loaders, run.stage,
+                                     run.prepare, collectives=collectives)
         self.statistics.report_undefined(result.undefined, self.prefix(run.stage),
                                          epoch=run.epoch)
         return result, self.statistics.sound_alarms(result, epoch=run.epoch, step=run.step)
 
     def show(self, model: nn.Module, loaders: Any, run: Run,
-             statistics: StatisticsResult | None) -> dict[str, float]:
-        """Rank zero's part of a run: explain the fixed samples, draw the grid, send the
-        class maps, extend the history, log the scalars, send the grid; returns the
-        scalars logged (by tag)."""
+             statistics: StatisticsResult | None, *, provisional: bool = False
+             ) -> dict[str, float]:
+        """Rank zero's part of a run: explain the fixed samples, draw the grid, extend the
+        history, log the scalars, send the grid and the class maps; returns the scalars
+        logged (by tag)."""
         prefix = self.prefix(run.stage)
         self.progress("reading the samples", "")
-        samples = self.samples.get(run.stage, loaders)
+        samples = self.samples.get(run.stage, loaders, provisional=provisional)
         explained = self._explain(model, samples, run)
         grid = self.pictures.draw_grid(samples, explained, header=run_header(
             run.epoch, run.step, None if run.stage == "validate" else run.stage))
@@ -183,10 +183,6 @@ class Observer:
         self.progress("measuring", "")
         metrics, undefined = _scalars(explained, samples, statistics)
         self.statistics.report_undefined(undefined, prefix, epoch=run.epoch)
-        if statistics is not None and statistics.count:
-            self.statistics.advise_on_coarse_maps(model, statistics, samples,
-                                                  self.explainer.layer_name, run.prepare)
-            self.pictures.send_class_maps(statistics, samples, prefix + "class_maps", run.step)
         if run.extends_history and bool(explained.finite.all()):
             metrics.update(self.history.add(explained.maps, run.epoch, run.step))
         self.last_metrics = {prefix + name: value for name, value in metrics.items()}
@@ -194,8 +190,12 @@ class Observer:
         # epoch in the same call, as Lightning logs it: CSV rows then carry their epoch
         self.pictures.sinks.log_scalars({**self.last_metrics, "epoch": run.epoch}, run.step)
         # pictures last: a sink that fails (a full disk) costs neither the scalars nor the
-        # drift history
+        # drift history; then the advice, tried once (a probe that fails costs one run)
         self.pictures.send_grid(grid, prefix + "overlay", run.step)
+        if statistics is not None and statistics.count:
+            self.pictures.send_class_maps(statistics, samples, prefix + "class_maps", run.step)
+            self.statistics.advise_on_coarse_maps(model, statistics, samples,
+                                                  self.explainer.layer_name, run.prepare)
         return self.last_metrics
 
     def filmstrip(self, loaders: Any, step: int) -> Tensor | None:
@@ -220,6 +220,15 @@ class Observer:
         self.progress("explaining", "")
         return self.explainer.explain(model, run.prepare(samples.inputs), samples.labels,
                                       label_note=samples.label_note, indices=samples.indices)
+
+
+def _undefined_before_training(result: StatisticsResult, names: set[str]) -> dict[str, str]:
+    """What the check's statistics (all of the metric samples) leave undefined; every name
+    when no sample had a finite output."""
+    if result.count:
+        return dict(result.undefined)
+    cause = "every output was NaN or infinite"
+    return {name: cause for name in names if name != "metric_samples"}
 
 
 def _scalars(explained: Explained, samples: FixedSamples,

@@ -171,7 +171,7 @@ MUTANTS = [
     # accepts them as they are, so no test on this machine can tell; older torch raised)
     # ----- the collaborators (issue 17) -------------------------------------------------------
     part("notices: a warning said every time", "notices.py",
-         "        if self._first(key):\n            self.warn(message)",
+         "        if self.first(key):\n            self.warn(message)",
          "        if True:\n            self.warn(message)",
          PARTS + "test_notices_say_each_key_once_until_a_reset",
          RECOMPOSED + "test_2_an_empty_mask_is_named_once_by_its_dataset_index"),
@@ -249,6 +249,43 @@ MUTANTS = [
          'titles = [f"step {history.steps[r]}" if by_step else',
          'titles = [f"epoch {history.epochs[r]}" if by_step else',
          PARTS + "test_the_filmstrip_is_titled_by_step_with_every_n_steps"),
+    part("runs before the first validation read the running loop's loaders only",
+         "lightning/callback.py",
+         "            loaders, provisional = api.dataloaders(trainer, stage)\n            stat",
+         "            loaders, provisional = api.current_dataloaders(trainer, stage), False\n"
+         "            stat",
+         RECOMPOSED + "test_ddp_every_n_steps_before_the_first_validation_runs_on_every_rank"),
+    part("statistics: the layout always from rank zero", "statistics/accumulator.py",
+         "        source = int((having > 0).nonzero()[0, 0])", "        source = 0",
+         "tests/test_statistics.py::test_a_rank_zero_without_sums_takes_the_layout_of_a_rank"
+         "_that_has_them"),
+    part("check: the first chunk's undefined names count as unknown", "observer.py",
+         "names |= {*result.scalars, *result.undefined, \"metric_samples\"}",
+         "names |= {*result.scalars, \"metric_samples\"}",
+         RECOMPOSED + "test_a_scalar_undefined_in_the_first_chunk_only_passes_the_check_of_its"
+         "_monitors"),
+    part("monitors: step runs never fill the epochs between runs", "monitors.py",
+         "fills = every_n_steps is not None and every_n_steps <= steps_per_validation",
+         "fills = False",
+         RECOMPOSED + "test_steps_that_fill_the_epochs_between_runs_satisfy_a_strict_monitor"),
+    part("a resumed fit explains its last step again", "observer.py",
+         "        return self.history.steps[-1] if self.history.steps else None",
+         "        return None",
+         RECOMPOSED + "test_every_n_steps_with_gradient_accumulation_and_a_resume_explains_each"
+         "_step_once"),
+    part("every_n_steps without a validation loop", "lightning/callback.py",
+         "step % every == 0 and trainer.enable_validation:", "step % every == 0:",
+         RECOMPOSED + "test_every_n_steps_without_a_validation_loop_explains_nothing_and_fails"
+         "_nothing"),
+    part("sinks: a new image_dir keeps the old sinks", "lightning/sinks.py",
+         "            self._sinks = None\n        self.options = options",
+         "            pass\n        self.options = options",
+         PARTS + "test_new_picture_options_take_new_sinks_from_the_next_picture"),
+    part("an option read is the option itself", "lightning/callback.py",
+         "return copy.copy(self._options.arguments[name])",
+         "return self._options.arguments[name]",
+         RECOMPOSED + "test_reading_an_option_gives_a_copy_and_new_picture_options_take_new"
+         "_sinks"),
     part("statistics: the last result forgotten", "statistics/runner.py",
          "        self.last = collect_statistics(", "        return collect_statistics(",
          RECOMPOSED + "test_1_the_class_maps_name_classes_as_the_grid_does_from_the_datasets"

@@ -74,7 +74,7 @@ def test_the_observer_checks_measures_and_shows_without_a_trainer():
     assert statistics.count == 20 and not stop
     scalars = observer.show(model, [loader], run, statistics)
     assert [(tag, step) for tag, step, _ in sinks.pictures] == [
-        ("gradcam/features/class_maps", 30), ("gradcam/features/overlay", 30)]
+        ("gradcam/features/overlay", 30), ("gradcam/features/class_maps", 30)]
     assert sinks.scalars == [({**scalars, "epoch": 2}, 30)]
     assert scalars["gradcam/features/metric_samples"] == 20.0
     assert scalars["gradcam/features/border_lift"] == statistics.scalars["border_lift"]
@@ -275,7 +275,7 @@ def test_the_adapter_reads_the_running_loops_loaders_and_asks_before_the_loop_do
 
     class Probe(__import__("lightning").pytorch.Callback):
         def on_train_start(self, trainer, pl_module):
-            seen["check"] = trainer_api.dataloaders_for_check(trainer, "validate")
+            seen["check"] = trainer_api.dataloaders(trainer, "validate")
             seen["requested"] = trainer_api.requested_dataloaders(trainer)
 
         def on_validation_start(self, trainer, pl_module):
@@ -305,3 +305,23 @@ def test_published_scalars_reach_callback_metrics_and_absent_ones_keep_their_val
     trainer_api.publish(trainer, {"gradcam/x/border_lift": 1.0})
     assert float(trainer.callback_metrics["gradcam/x/lift"]) == 2.5
     assert float(trainer.callback_metrics["gradcam/x/border_lift"]) == 1.0
+
+
+def test_new_picture_options_take_new_sinks_from_the_next_picture(tmp_path):
+    from gradcam_callback.lightning.sinks import FileSink, PictureSinks
+    from gradcam_callback.options import PictureOptions
+
+    sinks = PictureSinks(PictureOptions(image_dir=str(tmp_path / "a")), Notices(),
+                         lambda step, where: None)
+    sinks.start([], None)
+    picture = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    sinks.log("gradcam/x/overlay", picture, 1)
+    sinks.configure(PictureOptions(image_dir=str(tmp_path / "a"), alpha=0.2))  # same place
+    sinks.log("gradcam/x/overlay", picture, 2)
+    sinks.configure(PictureOptions(image_dir=str(tmp_path / "b"), image_format="png"))
+    sinks.log("gradcam/x/overlay", picture, 3)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.*"))
+    assert written == ["a/version_0/x_overlay_step0000001.jpg",
+                       "a/version_0/x_overlay_step0000002.jpg",
+                       "b/version_0/x_overlay_step0000003.png"]
+    assert isinstance(sinks._current()[0], FileSink)

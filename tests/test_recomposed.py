@@ -301,3 +301,103 @@ def test_every_n_steps_is_checked_like_the_other_options():
         GradCAMCallback(every_n_steps=0)
     with pytest.raises(TypeError, match=r"^every_n_steps=2.5: must be an int >= 1 or None"):
         GradCAMCallback(every_n_steps=2.5)
+
+
+def test_every_n_steps_with_gradient_accumulation_and_a_resume_explains_each_step_once(
+        tmp_path):
+    """3 optimizer steps an epoch (6 batches, 2 accumulated): every_n_steps=3 falls on the
+    last step of each epoch, with the validation run. After a resume at step 3, the first
+    micro-batches of epoch 1 still show step 3: not explained again."""
+    first = GradCAMCallback("features", num_samples=2, every_n_steps=3, metric_samples=0)
+    trainer = fit(tmp_path, [first], max_epochs=1, accumulate_grad_batches=2,
+                  num_sanity_val_steps=0)
+    assert first.history.steps == [3]
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    resumed = GradCAMCallback("features", num_samples=2, every_n_steps=3, metric_samples=0)
+    seed_everything(0)
+    trainer = Trainer(max_epochs=2, callbacks=[resumed], default_root_dir=tmp_path,
+                      logger=TensorBoardLogger(tmp_path, name="resumed"),
+                      accumulate_grad_batches=2, num_sanity_val_steps=0, **QUIET)
+    trainer.fit(LitTiny(), StripeData(), ckpt_path=tmp_path / "run.ckpt")
+    assert resumed.history.steps == [3, 6]
+    assert image_steps(trainer) == [6]
+
+
+def test_every_n_steps_without_a_validation_loop_explains_nothing_and_fails_nothing(tmp_path):
+    callback = GradCAMCallback("features", num_samples=2, every_n_steps=2)
+    with pytest.warns(UserWarning, match="no validation loop"):
+        fit(tmp_path, [callback], max_epochs=1, limit_val_batches=0)
+    assert callback.failures == () and len(callback.history) == 0
+
+
+def test_reading_an_option_gives_a_copy_and_new_picture_options_take_new_sinks():
+    callback = GradCAMCallback("features", alarms={"border_lift": ">2"}, mean=[0.5],
+                               std=[0.25])
+    callback.alarms["lift/x"] = ">1"  # a copy: the option is unchanged, now and later
+    callback.mean.append(0.1)
+    callback.num_samples = 4
+    assert callback.alarms == {"border_lift": ">2"} and callback.mean == [0.5]
+    assert [a.metric for a in callback.options.statistics.alarms] == ["border_lift"]
+
+
+class LateMasks(MaskedStripes):
+    """``box_mask`` empty for the first 8 samples only."""
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        item["box_mask"] = torch.zeros(32, 32, dtype=torch.bool)
+        if index >= 8:
+            item["box_mask"][4:12, 4:12] = True
+        return item
+
+
+class LateMaskData(MaskedData):
+    def val_dataloader(self):
+        return DataLoader(LateMasks(), batch_size=6)
+
+
+def test_a_scalar_undefined_in_the_first_chunk_only_passes_the_check_of_its_monitors(
+        tmp_path):
+    """The check before training measures the first metric_batch_size samples: a mask
+    empty in those but not in the rest is no reason to refuse a monitor of its lift."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    callback = GradCAMCallback("features", num_samples=2, metric_samples=12,
+                               metric_batch_size=8)
+    monitor = EarlyStopping(monitor="gradcam/features/lift/box_mask", mode="max")
+    trainer = fit(tmp_path, [callback, monitor], data=LateMaskData(), max_epochs=1)
+    assert "gradcam/features/lift/box_mask" in trainer.callback_metrics
+
+
+def test_steps_that_fill_the_epochs_between_runs_satisfy_a_strict_monitor(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    monitor = "gradcam/features/border_lift"
+    trainer = fit(tmp_path, [GradCAMCallback("features", num_samples=2, every_n_epochs=2,
+                                             every_n_steps=3, metric_samples=8),
+                             EarlyStopping(monitor=monitor, mode="max", patience=10)],
+                  max_epochs=2)
+    assert trainer.current_epoch == 2
+    with pytest.raises(ValueError, match=r"every_n_epochs=2 the first run is at epoch 1"):
+        fit(tmp_path / "b", [GradCAMCallback("features", every_n_epochs=2, every_n_steps=7),
+                             EarlyStopping(monitor=monitor)])
+
+
+@pytest.mark.slow
+def test_ddp_every_n_steps_before_the_first_validation_runs_on_every_rank(tmp_path):
+    """No sanity check and validation every 2nd epoch: the step runs of epoch 0 come before
+    any validation loop has loaded its dataloaders, on every rank."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).resolve().parent / "ddp_steps_script.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                            text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["steps"] == [2, 4, 6] and ranks[1]["failures"] == ranks[0]["failures"] == 0
+    assert ranks[0]["values"] == ranks[1]["values"] and ranks[0]["values"]
+    assert ranks[0]["count"] == ranks[1]["count"] == 24  # both shares, at every step run

@@ -37,7 +37,8 @@ from gradcam_callback.synthetic import ShortcutShapes
 HERE = Path(__file__).resolve().parent
 
 
-def collect(model, read, indices, layer, *, chunk_size=64, reduce_sum=None, broadcast=None):
+def collect(model, read, indices, layer, *, chunk_size=64, reduce_sum=None, broadcast=None,
+            rank=0, world=1):
     """The statistics of ``indices`` read by ``read`` (indices -> inputs, labels, masks),
     explained as the callback explains them; with the layer's name."""
     explainer = Explainer(ExplainOptions(target_layer=layer, batch_size=chunk_size))
@@ -47,7 +48,9 @@ def collect(model, read, indices, layer, *, chunk_size=64, reduce_sum=None, broa
         return (FixedSamples(list(chunk), inputs, labels, masks),
                 explainer.explain(model, inputs, labels, primary_only=True))
 
-    collectives = None if reduce_sum is None else Collectives(reduce_sum, broadcast)
+    collectives = None if reduce_sum is None else Collectives(
+        reduce_sum, lambda obj, src: broadcast(obj) if broadcast else obj, rank=rank,
+        world_size=world)
     result = collect_statistics(explain_chunk, indices, chunk_size=chunk_size,
                                 collectives=collectives)
     return result, explainer.layer_name
@@ -71,7 +74,7 @@ def summarise(cams, logits, labels, masks, inputs, chunk: int) -> dict[str, floa
         part = slice(start, start + chunk)
         stats.update(cams[part], (8, 8), inputs[part], logits[part], labels[part],
                      {k: v[part] for k, v in masks.items()})
-    stats.reduce(lambda t: t, lambda o: o)
+    stats.reduce(lambda t: t, lambda obj, src: obj)
     return stats.result()
 
 
@@ -152,9 +155,9 @@ def in_threads(statistics: list[AttentionStatistics]) -> tuple[list, list[list[s
             barrier.wait()
             return total
 
-        def broadcast(obj):
+        def broadcast(obj, src):
             calls[rank].append("broadcast")
-            if rank == 0:
+            if rank == src:
                 slots[len(calls[rank])] = [obj]
             barrier.wait()
             got = slots[len(calls[rank])][0]
@@ -167,7 +170,8 @@ def in_threads(statistics: list[AttentionStatistics]) -> tuple[list, list[list[s
 
     def run(rank: int) -> None:
         try:
-            statistics[rank].reduce(*collectives(rank))
+            statistics[rank].reduce(*collectives(rank), rank=rank,
+                                    world_size=len(statistics))
         except Exception as error:
             outcomes[rank] = error
 
@@ -189,12 +193,31 @@ def test_two_ranks_add_up_to_the_one_process_numbers_consistency_included():
                           {k: v[share] for k, v in masks.items()})
     outcomes, calls = in_threads(ranks)
     assert outcomes == [None, None] and calls[0] == calls[1]
-    assert [c[:3] for c in calls[0]] == ["bro", "sum", "sum", "sum"]  # layout, flag, sums
+    # who has sums, the layout, the flag (it fits), the sums, the consistency's sums
+    assert [c[:3] for c in calls[0]] == ["sum", "bro", "sum", "sum", "sum"]
     for statistics in ranks:
         result = statistics.result()
         assert result.count == 15
         # the consistency of each rank's samples is measured against both ranks' maps
         assert result.scalars == pytest.approx(single.scalars, abs=1e-6)
+
+
+def test_a_rank_zero_without_sums_takes_the_layout_of_a_rank_that_has_them():
+    """Rank zero may have no sample to add (all of its share had NaN outputs): the ranks
+    then lay out their sums as the first rank that has some, and agree on the numbers."""
+    cams, logits, labels, masks, inputs = known_batch(count=6)
+    single = summarise(cams, logits, labels, masks, inputs, chunk=6)
+    ranks = [AttentionStatistics(), AttentionStatistics()]
+    ranks[1].update(cams, (8, 8), inputs, logits, labels, masks)
+    outcomes, calls = in_threads(ranks)
+    assert outcomes == [None, None] and calls[0] == calls[1]
+    for statistics in ranks:
+        assert statistics.result().count == 6
+        assert statistics.result().scalars == pytest.approx(single.scalars, abs=1e-6)
+    nobody = [AttentionStatistics(), AttentionStatistics()]
+    outcomes, calls = in_threads(nobody)
+    assert outcomes == [None, None] and calls == [["sum2"], ["sum2"]]  # nothing to add
+    assert nobody[0].result().scalars == nobody[1].result().scalars == {}
 
 
 def test_a_rank_whose_sums_do_not_fit_rank_zeros_layout_fails_with_it_no_rank_waits():
@@ -207,7 +230,7 @@ def test_a_rank_whose_sums_do_not_fit_rank_zeros_layout_fails_with_it_no_rank_wa
     assert isinstance(outcomes[0], RankFailed) and "1 other rank" in str(outcomes[0])
     assert isinstance(outcomes[1], Exception) and not isinstance(outcomes[1],
                                                                  threading.BrokenBarrierError)
-    assert calls[0] == calls[1] == ["broadcast", "sum1"]  # nobody went on to the sums
+    assert calls[0] == calls[1] == ["sum2", "broadcast", "sum1"]  # nobody went on to the sums
 
 
 def test_a_fixed_corner_is_consistent_and_a_moving_blob_is_not():
@@ -221,7 +244,7 @@ def test_a_fixed_corner_is_consistent_and_a_moving_blob_is_not():
     for cams, expected in ((fixed, 1.0), (moving, 0.0)):  # the blobs never overlap
         stats = AttentionStatistics()
         stats.update(cams, (32, 32), torch.zeros(8, 1, 32, 32), logits, None, {})
-        stats.reduce(lambda t: t, lambda o: o)
+        stats.reduce(lambda t: t, lambda obj, src: obj)
         assert stats.result().scalars["location_consistency"] == pytest.approx(expected,
                                                                                abs=0.02)
 
@@ -273,10 +296,10 @@ def gloo_sum(t):
     return t
 
 
-def gloo_broadcast(obj):
-    """The statistics' ``broadcast`` of rank zero's object over a real process group."""
+def gloo_broadcast(obj, src=0):
+    """The statistics' ``broadcast`` of rank ``src``'s object over a real process group."""
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -288,7 +311,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     data = ShortcutShapes(9, image_size=32, seed=3)
 
     result, _ = collect(model, reader(data), range(rank, 9, world), "features",
-                                   chunk_size=2, reduce_sum=gloo_sum, broadcast=gloo_broadcast)
+                        chunk_size=2, reduce_sum=gloo_sum, broadcast=gloo_broadcast,
+                        rank=rank, world=world)
     torch.save({"scalars": result.scalars, "count": result.count,
                 "by_prediction": result.by_prediction}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -324,7 +348,8 @@ def _failing_worker(rank: int, world: int, port: int, out: str) -> None:
 
     try:
         collect(Tiny(), read_or_fail, range(rank, 9, world), "features",
-                           chunk_size=2, reduce_sum=gloo_sum, broadcast=gloo_broadcast)
+                chunk_size=2, reduce_sum=gloo_sum, broadcast=gloo_broadcast, rank=rank,
+                world=world)
         outcome = "returned"
     except Exception as error:
         outcome = f"{type(error).__name__}: {error}"
@@ -390,8 +415,8 @@ def test_the_ranks_agree_on_failure_before_any_sum():
     reduce_sum, broadcast = collectives(0.0)
     result, _ = collect(Tiny(), reader(data), range(4), "features",
                                    reduce_sum=reduce_sum, broadcast=broadcast)
-    # flag, layout, flag (the layout fits), the sums, the consistency's sum
-    assert seen[:3] == [[0.0], ["broadcast"], [0.0]] and len(seen) == 5
+    # flag, who has sums, layout, flag (the layout fits), the sums, the consistency's sum
+    assert seen[:4] == [[0.0], [1.0], ["broadcast"], [0.0]] and len(seen) == 6
     assert result.count == 4
 
 

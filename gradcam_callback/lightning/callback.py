@@ -20,10 +20,11 @@ Lightning side, the sinks (:mod:`.sinks`) and what is asked of the trainer
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
@@ -40,6 +41,12 @@ from gradcam_callback.notices import Notices
 from gradcam_callback.observer import Observer, Run
 from gradcam_callback.options import CallbackOptions, validated_options
 
+if TYPE_CHECKING:
+    from gradcam_callback.guard import Failure
+    from gradcam_callback.history import History
+    from gradcam_callback.samples import FixedSamples
+    from gradcam_callback.statistics import StatisticsResult
+
 __all__ = ["GradCAMCallback"]
 
 _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
@@ -48,8 +55,9 @@ _SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrate
 class GradCAMCallback(Callback):
     r"""Log Grad-CAM overlays of fixed validation images, and attention scalars, during training.
 
-    Every option is also an attribute (``callback.num_samples``); setting one validates it
-    and applies it to every part of the callback at once, or raises and changes nothing.
+    Every option is also an attribute (``callback.num_samples``); assigning one validates it
+    and applies it to every part of the callback at once, or raises and changes nothing
+    (a list or dict read is a copy: change it by assigning a new one).
 
     Args:
         target_layer: the layer's dotted name as ``model.named_modules()`` spells it;
@@ -92,7 +100,7 @@ class GradCAMCallback(Callback):
             row); ``"raise"``: it raises (for CI). Checks before training always raise.
         metric_samples: scalars are means (with ``_std``, ``_ci95``) over this many
             validation samples, shared across DDP ranks, also in
-            ``trainer.callback_metrics``; ``0``: from the shown samples, loggers only.
+            ``trainer.callback_metrics``; ``0``: from the shown samples only.
         metric_batch_size: samples per chunk of the statistics (sets their memory).
         alarms: thresholds by tag suffix, e.g. ``{"lift/watermark_mask": ">2"}``: one
             warning names the metric, its value and the epoch.
@@ -112,6 +120,20 @@ class GradCAMCallback(Callback):
         >>> from gradcam_callback import GradCAMCallback
         >>> trainer = Trainer(callbacks=[GradCAMCallback(target_layer="layer4", num_samples=8)])
     """
+
+    if TYPE_CHECKING:  # the read-only views, defined below the class (see _VIEWS)
+        options: CallbackOptions
+        failures: tuple[Failure, ...]
+        switched_off: bool
+        samples: FixedSamples | None
+        history: History
+        layer_name: str | None
+        last_metrics: dict[str, float]
+        last_statistics: StatisticsResult | None
+        last_grid: Tensor | None
+        last_pages: list[Tensor]
+        last_class_maps: Tensor | None
+        last_filmstrip: Tensor | None
 
     def __init__(
         self,
@@ -152,22 +174,23 @@ class GradCAMCallback(Callback):
         every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        self._options = validated_options(**{k: v for k, v in locals().items()
-                                             if k not in ("self", "__class__")})
+        self._options = options = validated_options(**{k: v for k, v in locals().items()
+                                                       if k not in ("self", "__class__")})
         notices = Notices(rank_zero_warn, rank_zero_info)
-        self._guard = RunGuard("warn", rank_zero_warn, MAX_CONSECUTIVE_FAILURES)
-        self._sinks = PictureSinks(self._options.pictures, notices, self._guard.progress)
-        self._observer = Observer(self._options, notices, self._sinks, self._guard.progress)
+        self._guard = RunGuard(options.run.on_error, rank_zero_warn, MAX_CONSECUTIVE_FAILURES,
+                               options.explaining.batch_size,
+                               options.statistics.metric_batch_size)
+        self._sinks = PictureSinks(options.pictures, notices, self._guard.progress)
+        self._observer = Observer(options, notices, self._sinks, self._guard.progress)
         self._loaded_checkpoint = False
         self._last_run_step: int | None = None  # a fit explains each step once
-        self._configure(self._options)
 
     def _configure(self, options: CallbackOptions) -> None:
         """Give every collaborator the (validated) options at once."""
         self._options = options
         self._guard.configure(options.run.on_error, options.explaining.batch_size,
                               options.statistics.metric_batch_size)
-        self._sinks.options = options.pictures
+        self._sinks.configure(options.pictures)
         self._observer.configure(options)
 
     @property
@@ -184,8 +207,7 @@ class GradCAMCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._observer.new_fit(restored=self._loaded_checkpoint)
-        self._last_run_step = None
+        self._last_run_step = self._observer.new_fit(restored=self._loaded_checkpoint)
         self._start(trainer)
 
     @override
@@ -206,8 +228,8 @@ class GradCAMCallback(Callback):
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        every = self._options.run.every_n_steps
-        if every is not None and trainer.global_step and trainer.global_step % every == 0:
+        every, step = self._options.run.every_n_steps, trainer.global_step
+        if every and step and step % every == 0 and trainer.enable_validation:
             self.log_cams(trainer, pl_module, stage="validate")
 
     @override
@@ -226,27 +248,26 @@ class GradCAMCallback(Callback):
                 self.log_filmstrip(trainer)
 
     def log_cams(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Explain and log now, on every rank: the statistics (every rank takes part, and
-        each puts them into ``trainer.callback_metrics``), then rank zero's pictures and
-        scalars, all under the one failure policy. ``stage``: ``"validate"`` or ``"test"``,
-        whose samples to explain. A fit explains each global step once."""
+        """Explain and log the ``stage``'s samples now; call it on every rank (each takes part
+        in the statistics), under the one failure policy. A fit explains a step once."""
         run = _run(trainer, pl_module, stage)
         if (run.extends_history and self._last_run_step == run.step) or not self._guard.agree(
                 api.rank_zero_broadcast(trainer)):
             return  # explained at this step already, or switched off (alike on every rank)
         if run.extends_history:
             self._last_run_step = run.step
-        loaders, shown = api.current_dataloaders(trainer, stage), {}
+        shown: dict[str, float] = {}
         with preserved_rng_state(pl_module.device), self._guard.attempt(run.describe()):
+            loaders, provisional = api.dataloaders(trainer, stage)
             statistics, stop = self._observer.measure(
-                pl_module, loaders, run, collectives=api.collectives(trainer, pl_module),
-                rank=trainer.global_rank, world_size=trainer.world_size)
+                pl_module, loaders, run, collectives=api.collectives(trainer, pl_module))
             if statistics is not None:
                 prefix = self._observer.prefix(stage)
                 api.publish(trainer, {prefix + k: v for k, v in statistics.scalars.items()})
                 trainer.should_stop = trainer.should_stop or stop
             if trainer.is_global_zero:
-                shown = self._observer.show(pl_module, loaders, run, statistics)
+                shown = self._observer.show(pl_module, loaders, run, statistics,
+                                            provisional=provisional)
         # what rank zero logged (drift too) reaches callback_metrics on every rank
         api.publish(trainer, api.rank_zero_broadcast(trainer)(shown))
 
@@ -258,8 +279,7 @@ class GradCAMCallback(Callback):
             if trainer.is_global_zero else None
 
     def _check_before(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Fail fast (rank zero, no collective, RNG states restored): the whole pipeline
-        once on the fixed samples; errors propagate with a note saying where from."""
+        """Fail fast: the whole pipeline once on the fixed samples (rank zero, RNG kept)."""
         if not trainer.is_global_zero:
             return
         run = _run(trainer, pl_module, stage)
@@ -273,9 +293,10 @@ class GradCAMCallback(Callback):
         with preserved_rng_state(pl_module.device), _noted(
                 f"raised by GradCAMCallback's check of its options on the fixed {stage} "
                 f"samples before {what}"):
-            loaders, provisional = api.dataloaders_for_check(trainer, stage)
+            loaders, provisional = api.dataloaders(trainer, stage)
             self._observer.check(pl_module, loaders, run, provisional=provisional,
-                                 monitors=getattr(trainer, "callbacks", ()))
+                                 monitors=getattr(trainer, "callbacks", ()),
+                                 steps_per_validation=api.steps_per_validation(trainer))
 
     def _start(self, trainer: Trainer) -> None:
         """A new fit, validate or test: new sinks, failure count and warnings."""
@@ -289,8 +310,7 @@ class GradCAMCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the layer, the samples shown and the drift history (see
-        :mod:`gradcam_callback.checkpoint`)."""
+        """Restore the layer, samples and history (:mod:`gradcam_callback.checkpoint`)."""
         self._loaded_checkpoint = True
         self._observer.load_state_dict(state_dict)
 
@@ -329,17 +349,13 @@ def _noted(note: str) -> Iterator[None]:
 
 def _option(name: str) -> property:
     def get(self: GradCAMCallback) -> Any:
-        return self._options.arguments[name]
+        return copy.copy(self._options.arguments[name])  # a list read is not the option
 
     def set_(self: GradCAMCallback, value: Any) -> None:
         self._configure(validated_options(**{**self._options.arguments, name: value}))
 
     return property(get, set_, doc=f"The ``{name}`` option; setting it validates it and "
                                    "applies it everywhere, or raises and changes nothing.")
-
-
-def _view(doc: str, read: Callable[[GradCAMCallback], Any]) -> property:
-    return property(read, doc=doc)
 
 
 # Every constructor argument reads (and sets) as an attribute.
@@ -372,4 +388,4 @@ _VIEWS: dict[str, tuple[str, Callable[[GradCAMCallback], Any]]] = {
                        lambda c: c._observer.pictures.last_filmstrip),
 }
 for _name, (_doc, _read) in _VIEWS.items():
-    setattr(GradCAMCallback, _name, _view(_doc, _read))
+    setattr(GradCAMCallback, _name, property(_read, doc=_doc))

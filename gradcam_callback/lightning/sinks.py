@@ -202,6 +202,14 @@ class PictureSinks:
         self._root: str | Path | None = None
         self._sinks: list[ImageSink] | None = None
 
+    def configure(self, options: PictureOptions) -> None:
+        """New picture options: another folder or format takes new sinks from the next
+        picture on."""
+        if (options.image_dir, options.image_format) != (self.options.image_dir,
+                                                         self.options.image_format):
+            self._sinks = None
+        self.options = options
+
     def start(self, loggers: list[Logger], default_root_dir: str | Path | None) -> None:
         """A new run (fit, validate, test) with these loggers: the sinks are chosen again
         at its first picture."""

@@ -2,7 +2,7 @@
 
 Everything else of the callback uses the trainer's public properties. Two answers have no
 public property, and are read here, each with a fallback to the public one when a
-Lightning release lays its loops out otherwise (``tests/test_trainer_api.py`` checks them
+Lightning release lays its loops out otherwise (``tests/test_parts.py`` checks them
 against the installed Lightning):
 
 - which dataloaders the *running* loop has loaded (``trainer.val_dataloaders`` returns
@@ -26,12 +26,13 @@ from gradcam_callback.statistics import Collectives
 __all__ = [
     "collectives",
     "current_dataloaders",
-    "dataloaders_for_check",
+    "dataloaders",
     "fitting",
     "model_inputs",
     "publish",
     "rank_zero_broadcast",
     "requested_dataloaders",
+    "steps_per_validation",
 ]
 
 
@@ -77,13 +78,25 @@ def requested_dataloaders(trainer: Trainer) -> Any:
     return source.dataloader()
 
 
-def dataloaders_for_check(trainer: Trainer, stage: str) -> tuple[Any, bool]:
-    """``(loaders, provisional)`` for the check before a stage: the running loop's, else
-    (in fit, before any sanity check) those fit's validation loop will ask for."""
+def dataloaders(trainer: Trainer, stage: str) -> tuple[Any, bool]:
+    """``(loaders, provisional)``: the running loop's, else (in fit, before the validation
+    loop has loaded any: the check before training without a sanity check, or
+    ``every_n_steps`` before the first validation) those it will ask for, on every rank.
+    Callers preserve the RNG states around this call."""
     loaders = current_dataloaders(trainer, stage)
     if loaders is None and fitting(trainer):
         return requested_dataloaders(trainer), True
     return loaders, False
+
+
+def steps_per_validation(trainer: Trainer) -> float:
+    """About how many optimizer steps fit makes from one validation to the next (``inf``
+    when unknown), from the trainer's public settings."""
+    batches = getattr(trainer, "val_check_batch", None)
+    if not isinstance(batches, (int, float)):
+        batches = trainer.num_training_batches
+    epochs = getattr(trainer, "check_val_every_n_epoch", None) or 1
+    return float(batches) * epochs / max(1, int(trainer.accumulate_grad_batches))
 
 
 def model_inputs(trainer: Trainer, pl_module: LightningModule) -> Callable[[Tensor], Tensor]:
@@ -111,7 +124,11 @@ def collectives(trainer: Trainer, pl_module: LightningModule) -> Collectives | N
         total: Tensor = trainer.strategy.reduce(tensor, reduce_op="sum")
         return total
 
-    return Collectives(reduce_sum, rank_zero_broadcast(trainer), pl_module.device)
+    def broadcast(obj: Any, src: int) -> Any:
+        return trainer.strategy.broadcast(obj, src=src)
+
+    return Collectives(reduce_sum, broadcast, pl_module.device, trainer.global_rank,
+                       trainer.world_size)
 
 
 def publish(trainer: Trainer, scalars: Mapping[str, float]) -> None:

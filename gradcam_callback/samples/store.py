@@ -91,8 +91,9 @@ class SampleStore:
             self.notices.warn_once(
                 f"empty_{name}",
                 f"GradCAMCallback: mask {name!r} is empty for samples {empty[:8]}"
-                f"{'...' if len(empty) > 8 else ''} (dataset indices); their lift, "
-                "energy_in_mask and pointing_game count as 0.")
+                f"{'...' if len(empty) > 8 else ''} (dataset indices); their lift is left "
+                "out (it divides by the mask's area), their energy_in_mask and "
+                "pointing_game count as 0.")
         return samples
 
     def loader_for(self, stage: str, loaders: Any) -> DataLoader:
@@ -110,11 +111,6 @@ class SampleStore:
         """The ``stage``'s samples read so far, or ``None``."""
         entry = self._entries.get(stage)
         return entry.samples if entry is not None else None
-
-    def loader(self, stage: str) -> DataLoader | None:
-        """The loader the ``stage``'s samples were read from, or ``None``."""
-        entry = self._entries.get(stage)
-        return entry.loader if entry is not None else None
 
     def forget(self) -> None:
         """Read every stage again next time (new options, a new fit, a checkpoint)."""

@@ -65,7 +65,8 @@ Z95 = 1.959964
 CONSISTENCY = "location_consistency"
 
 Reduce = Callable[[Tensor], Tensor]
-Broadcast = Callable[[Any], Any]
+Broadcast = Callable[[Any, int], Any]
+"""``(obj, src)`` -> rank ``src``'s object, on every rank."""
 
 
 @dataclass
@@ -220,27 +221,33 @@ class AttentionStatistics:
                 "has_labels": self.has_labels}
 
     def reduce(self, reduce_sum: Reduce, broadcast: Broadcast,
-               device: torch.device | str = "cpu") -> None:
+               device: torch.device | str = "cpu", *, rank: int = 0,
+               world_size: int = 1) -> None:
         """Replace every sum by its total over all ranks; a rank without samples takes part
         with zeros.
 
-        Four collectives, in the same order on every rank: rank zero's layout is
+        Five collectives, in the same order on every rank: which ranks have sums (the
+        first of them lays them out; none: nothing to add, on every rank); its layout is
         broadcast; the ranks agree on whether each could lay its sums out that way (one
         flag; all raise :class:`RankFailed` if one could not, so none is left waiting in
         the next); the sums are added; the consistency's moments are added.
         """
-        layout = broadcast(self.layout())
-        if layout["names"] is None or layout["map_shape"] is None:
+        having = torch.zeros(world_size, dtype=torch.float64)
+        having[rank] = float(self.allocated)
+        having = reduce_sum(having.to(device)).cpu()
+        if not bool((having > 0).any()):
             return  # no rank had a sample: nothing to add up
+        source = int((having > 0).nonzero()[0, 0])
+        layout = broadcast(self.layout(), source)
         failure: Exception | None = None
         parts: list[Tensor] = []
         try:
             self._adopt(layout)
             parts = self._parts(layout["names"])
             empty = AttentionStatistics(map_size=self.map_size)
-            empty._adopt(layout)  # what rank zero's layout holds, with nothing in it
+            empty._adopt(layout)  # what the layout holds, with nothing in it
             if _numel(parts) != _numel(empty._parts(layout["names"])):
-                raise RankFailed(f"this rank's statistics do not fit rank zero's layout "
+                raise RankFailed(f"this rank's statistics do not fit rank {source}'s layout "
                                  f"{layout} (inputs of another size on this rank?)")
         except Exception as error:  # every rank must hear of it before the sum
             failure = error

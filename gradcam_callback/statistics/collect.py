@@ -34,16 +34,19 @@ ExplainChunk = Callable[[list[int]], tuple[FixedSamples, Explained]]
 @dataclass(frozen=True)
 class Collectives:
     """How the ranks talk: ``reduce_sum`` adds a tensor over all ranks, ``broadcast``
-    sends rank zero's object to every rank; tensors live on ``device`` (NCCL: the GPU)."""
+    sends one rank's object (``broadcast(obj, src)``) to every rank; tensors live on
+    ``device`` (NCCL: the GPU); this rank is ``rank`` of ``world_size``."""
 
     reduce_sum: Reduce
     broadcast: Broadcast
     device: torch.device | str = "cpu"
+    rank: int = 0
+    world_size: int = 1
 
 
-def collect_statistics(explain_chunk: ExplainChunk, indices: Sequence[int], *,
-                       chunk_size: int = 64,
-                       collectives: Collectives | None = None) -> StatisticsResult:
+def collect_statistics(explain_chunk: ExplainChunk | None, indices: Sequence[int], *,
+                       chunk_size: int = 64, collectives: Collectives | None = None,
+                       failure: Exception | None = None) -> StatisticsResult:
     """Explain ``indices`` (this rank's share) in chunks and return the all-rank statistics.
 
     Args:
@@ -52,6 +55,8 @@ def collect_statistics(explain_chunk: ExplainChunk, indices: Sequence[int], *,
         chunk_size: samples per read and per forward pass.
         collectives: how to add up across ranks; ``None`` on one process (or when one
             rank runs alone, as in the check before training).
+        failure: what already failed on this rank before any chunk (finding the loader):
+            it is raised, after the ranks agree, as if a chunk had raised it.
 
     Returns:
         The statistics, the same on every rank.
@@ -64,28 +69,31 @@ def collect_statistics(explain_chunk: ExplainChunk, indices: Sequence[int], *,
             and none waits for a rank that gave up.
     """
     statistics = AttentionStatistics()
-    failure: Exception | None = None
-    try:
-        for start in range(0, len(indices), chunk_size):
-            samples, explained = explain_chunk(list(indices[start : start + chunk_size]))
-            keep = explained.finite
-            if bool(keep.any()):
-                statistics.update(
-                    explained.maps[keep], explained.layer_size, samples.inputs[keep],
-                    explained.logits[keep],
-                    samples.labels[keep] if samples.labels is not None else None,
-                    {name: mask[keep] for name, mask in samples.masks.items()})
-            # let this chunk go before the next is read: memory is one chunk, not two
-            del samples, explained, keep
-    except Exception as error:  # every rank must hear of it before any sum
-        failure = error
+    if failure is None and explain_chunk is not None:
+        try:
+            for start in range(0, len(indices), chunk_size):
+                _fold(statistics, *explain_chunk(list(indices[start : start + chunk_size])))
+        except Exception as error:  # every rank must hear of it before any sum
+            failure = error
     if collectives is None:
         if failure is not None:
             raise failure
-        statistics.reduce(lambda t: t, lambda o: o)
+        statistics.reduce(lambda t: t, lambda obj, src: obj)
         return statistics.result()
     # Before any sum, the ranks agree on whether all of them got this far: a rank whose own
     # part failed must not leave the others waiting in a collective it never joins.
     agree(failure, collectives.reduce_sum, collectives.device)
-    statistics.reduce(collectives.reduce_sum, collectives.broadcast, collectives.device)
+    statistics.reduce(collectives.reduce_sum, collectives.broadcast, collectives.device,
+                      rank=collectives.rank, world_size=collectives.world_size)
     return statistics.result()
+
+
+def _fold(statistics: AttentionStatistics, samples: FixedSamples, explained: Explained) -> None:
+    """One chunk into the sums, without the samples whose outputs are not finite (the
+    chunk is let go on return: memory is one chunk, not two)."""
+    keep = explained.finite
+    if bool(keep.any()):
+        statistics.update(explained.maps[keep], explained.layer_size, samples.inputs[keep],
+                          explained.logits[keep],
+                          samples.labels[keep] if samples.labels is not None else None,
+                          {name: mask[keep] for name, mask in samples.masks.items()})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -49,19 +50,23 @@ class StatisticsRunner:
     def enabled(self) -> bool:
         return self.options.metric_samples > 0
 
-    def run(self, model: nn.Module, explainer: Explainer, store: SampleStore,
-            loader: DataLoader, stage: str, prepare: Prepare, *,
-            collectives: Collectives | None = None, rank: int = 0,
-            world_size: int = 1) -> StatisticsResult | None:
-        """This rank's share of the first ``metric_samples`` samples of ``loader``, added
-        up over all ranks (every rank must call it); ``None`` when there are none."""
-        total = dataset_size(loader.dataset, self.options.metric_samples)
-        if not total:
-            return None
-        self.last = collect_statistics(
-            self._explain_chunk(model, explainer, store, loader, stage, prepare),
-            range(rank, total, world_size), chunk_size=self.options.metric_batch_size,
-            collectives=collectives)
+    def run(self, model: nn.Module, explainer: Explainer, store: SampleStore, loaders: Any,
+            stage: str, prepare: Prepare, *,
+            collectives: Collectives | None = None) -> StatisticsResult:
+        """This rank's share of the first ``metric_samples`` samples of the ``stage``'s
+        loader among ``loaders``, added up over all ranks (every rank must call it, and
+        every rank takes part in the collectives even if its own part fails)."""
+        rank, world_size = (collectives.rank, collectives.world_size) if collectives else (0, 1)
+        chunks, indices, failure = None, range(0), None
+        try:
+            loader = store.loader_for(stage, loaders)
+            total = dataset_size(loader.dataset, self.options.metric_samples)
+            chunks = self._explain_chunk(model, explainer, store, loader, stage, prepare)
+            indices = range(rank, total, world_size)
+        except Exception as error:  # the other ranks must hear of it before any sum
+            failure = error
+        self.last = collect_statistics(chunks, indices, chunk_size=self.options.metric_batch_size,
+                                       collectives=collectives, failure=failure)
         return self.last
 
     def check(self, model: nn.Module, explainer: Explainer, store: SampleStore,
@@ -100,12 +105,11 @@ class StatisticsRunner:
         earlier layer with enough of them (one probe forward on one sample)."""
         height, width = result.layer_size
         if (not result.count or min(height, width) >= MIN_CELLS or layer_name is None
-                or self.notices.said("coarse")):
+                or not self.notices.first("coarse")):  # once, even if the probe fails
             return
         earlier = earlier_spatial_layer(model, prepare(samples.inputs[:1]), layer_name,
                                         MIN_CELLS)
-        self.notices.warn_once(
-            "coarse",
+        self.notices.warn(
             f"GradCAMCallback: layer {layer_name!r} gives {height}x{width} maps for "
             f"{result.input_size[0]}x{result.input_size[1]} inputs: too coarse for "
             f"border_lift, lift and pointing_game (one cell covers {result.cell_pixels} px, "
