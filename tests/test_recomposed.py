@@ -227,8 +227,13 @@ def test_5_a_switched_off_callback_explains_nothing_on_any_later_run(tmp_path, m
     counter = CountCams(monkeypatch)
     callback = GradCAMCallback("features", num_samples=2, metric_samples=24,
                                metric_batch_size=24)
-    with pytest.warns(UserWarning, match="switched itself off after 3 failed runs"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         fit(tmp_path, [callback, counter], max_epochs=6, num_sanity_val_steps=0)
+    said = [str(w.message) for w in seen if "GradCAMCallback" in str(w.message)]
+    assert said[0].startswith("GradCAMCallback skipped the run at epoch 0 (step 6): writing "
+                              "failed with OSError: [Errno 28] No space left on device")
+    assert said[1].startswith("GradCAMCallback switched itself off after 3 failed runs")
     assert callback.switched_off and len(callback.failures) == 3
     # each of the first three runs: the statistics' pass and the shown samples' pass
     assert counter.per_run == [2, 2, 2, 0, 0, 0]
@@ -258,7 +263,10 @@ def test_5_the_statistics_fail_under_the_one_policy_reported_in_every_fit(
 def test_6_out_of_memory_in_the_statistics_names_metric_batch_size(tmp_path, monkeypatch):
     failing_statistics(monkeypatch, torch.OutOfMemoryError("out of memory (simulated)"))
     callback = GradCAMCallback("features", num_samples=2, metric_batch_size=16)
-    fit(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match=r"skipped the run at epoch 0 \(step 6\): computing "
+                                         r"the statistics failed with OutOfMemoryError.*Fix: "
+                                         r"lower metric_batch_size \(now 16\)"):
+        fit(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=0)
     (failure,) = callback.failures
     assert failure.cause == "out of memory"
     assert failure.fix == "lower metric_batch_size (now 16) or metric_samples"
