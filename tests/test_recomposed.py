@@ -372,9 +372,9 @@ def test_a_scalar_undefined_in_the_first_chunk_only_passes_the_check_of_its_moni
 
     callback = GradCAMCallback("features", num_samples=2, metric_samples=12,
                                metric_batch_size=8)
-    monitor = EarlyStopping(monitor="gradcam/features/lift/box_mask", mode="max")
+    monitor = EarlyStopping(monitor="gradcam/features/lift/box_mask_std", mode="max")
     trainer = fit(tmp_path, [callback, monitor], data=LateMaskData(), max_epochs=1)
-    assert "gradcam/features/lift/box_mask" in trainer.callback_metrics
+    assert "gradcam/features/lift/box_mask_std" in trainer.callback_metrics
 
 
 def test_steps_that_fill_the_epochs_between_runs_satisfy_a_strict_monitor(tmp_path):
