@@ -89,11 +89,12 @@ class PrintTable(Callback):
             "patch_lift_ci95": m["lift/shortcut_mask_ci95"],
             "object_lift_ci95": m["lift/object_mask_ci95"],
             "consistency_ci95": m["location_consistency_ci95"],
-            "drift": m.get("drift", float("nan")),
+            "drift": m.get("drift"),  # none at the first run: nothing earlier to compare
         }
         self.rows.append(row)
+        drift = "-" if row["drift"] is None else f"{row['drift']:.2f}"
         print(f"  {row['epoch']:>5} {row['val_acc']:>8.2f} {row['object_lift']:>12.2f} "
-              f"{row['patch_lift']:>11.2f} {row['consistency']:>12.2f} {row['drift']:>7.2f}",
+              f"{row['patch_lift']:>11.2f} {row['consistency']:>12.2f} {drift:>7}",
               flush=True)
 
 

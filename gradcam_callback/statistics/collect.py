@@ -92,7 +92,10 @@ def _fold(statistics: AttentionStatistics, samples: FixedSamples, explained: Exp
     """One chunk into the sums, without the samples whose outputs are not finite (the
     chunk is let go on return: memory is one chunk, not two)."""
     keep = explained.finite
-    if bool(keep.any()):
+    if bool(keep.all()):  # the usual case: no copies
+        statistics.update(explained.maps, explained.layer_size, samples.inputs,
+                          explained.logits, samples.labels, samples.masks)
+    elif bool(keep.any()):
         statistics.update(explained.maps[keep], explained.layer_size, samples.inputs[keep],
                           explained.logits[keep],
                           samples.labels[keep] if samples.labels is not None else None,
