@@ -102,3 +102,19 @@ class ShapesData(LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=16)
+
+
+def run_ddp_script(script, out, timeout: int = 300) -> list[dict]:
+    """Run a 2-process DDP script of this folder (it saves ``rank<r>.pt`` into ``out``) and
+    return what each rank saved; fails with the script's stderr if it did not end well."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    path = Path(__file__).resolve().parent / script
+    result = subprocess.run([sys.executable, str(path), str(out)], capture_output=True,
+                            text=True, timeout=timeout, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [torch.load(Path(out) / f"rank{r}.pt") for r in (0, 1)]

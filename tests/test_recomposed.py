@@ -395,17 +395,9 @@ def test_steps_that_fill_the_epochs_between_runs_satisfy_a_strict_monitor(tmp_pa
 def test_ddp_every_n_steps_before_the_first_validation_runs_on_every_rank(tmp_path):
     """No sanity check and validation every 2nd epoch: the step runs of epoch 0 come before
     any validation loop has loaded its dataloaders, on every rank."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.lit_helpers import run_ddp_script
 
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    script = Path(__file__).resolve().parent / "ddp_steps_script.py"
-    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
-                            text=True, timeout=300, env=env, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    ranks = run_ddp_script("ddp_steps_script.py", tmp_path)
     assert ranks[0]["steps"] == [2, 4, 6] and ranks[1]["failures"] == ranks[0]["failures"] == 0
     assert ranks[0]["values"] == ranks[1]["values"] and ranks[0]["values"]
     assert ranks[0]["count"] == ranks[1]["count"] == 24  # both shares, at every step run

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -494,12 +492,9 @@ def test_callback_publishes_scalars_early_stopping_monitors_them_and_alarms_stop
 
 @pytest.mark.slow
 def test_ddp_two_processes_agree_on_the_monitored_value_and_stop_together(tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(HERE / "ddp_statistics_script.py"),
-                             str(tmp_path)], capture_output=True, text=True, timeout=300,
-                            env=env, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    from tests.lit_helpers import run_ddp_script
+
+    ranks = run_ddp_script("ddp_statistics_script.py", tmp_path)
     assert ranks[0]["values"] == ranks[1]["values"] and ranks[0]["values"]
     assert ranks[0]["epoch"] == ranks[1]["epoch"] == 1  # the alarm stopped both ranks
     assert ranks[0]["count"] == ranks[1]["count"] == 24  # both ranks' shares, added

@@ -10,9 +10,6 @@ for every test that nothing non-finite is published.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gradcam_callback import GradCAMCallback
-from tests.lit_helpers import LitTiny, ShapesData, StripeData
+from tests.lit_helpers import LitTiny, ShapesData, StripeData, run_ddp_script
 
 HERE = Path(__file__).resolve().parent
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
@@ -227,12 +224,7 @@ def test_monitors_of_other_keys_and_other_layers_are_left_alone(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_ranks_monitor_every_scalar_from_empty_maps_and_agree(tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(HERE / "ddp_undefined_script.py"),
-                             str(tmp_path)], capture_output=True, text=True, timeout=300,
-                            env=env, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    ranks = run_ddp_script("ddp_undefined_script.py", tmp_path)
     assert ranks[0]["epoch"] == ranks[1]["epoch"] == 3  # nothing stopped
     assert ranks[0]["first"] == ranks[1]["first"]  # the same values on both ranks
     assert ranks[0]["first"][PREFIX + "location_consistency"] == 0.0
