@@ -90,13 +90,21 @@ class StatisticsRunner:
                             undefined=result.undefined)
 
     def report_undefined(self, undefined: dict[str, str], prefix: str, *, epoch: int) -> None:
-        """Name, once each, the scalars left out this run because they are undefined."""
+        """Name, once each, the scalars left out this run because they are undefined (a
+        scalar and its spreads in one line when they share the cause)."""
+        groups: dict[tuple[str, str], list[str]] = {}
         for name, cause in undefined.items():
+            base = name.removesuffix("_std").removesuffix("_ci95")
+            groups.setdefault((base, cause), []).append(prefix + name)
+        for (base, cause), names in groups.items():
+            which = names[0] if len(names) == 1 else (", ".join(names[:-1])
+                                                       + f" and {names[-1]}")
             self.notices.warn_once(
-                f"undefined_{name}",
-                f"GradCAMCallback: {prefix}{name} is undefined at epoch {epoch}: {cause}. It "
-                "is left out of callback_metrics and the loggers for that run (a monitor "
-                "keeps the last defined value), never logged as NaN.")
+                f"undefined_{base}_{cause}",
+                f"GradCAMCallback: {which} {'is' if len(names) == 1 else 'are'} undefined at "
+                f"epoch {epoch}: {cause}. Left out of callback_metrics and the loggers for "
+                "that run (callback_metrics keeps the last defined value), never logged as "
+                "NaN.")
 
     def advise_on_coarse_maps(self, model: nn.Module, result: StatisticsResult,
                               samples: FixedSamples, layer_name: str | None,
