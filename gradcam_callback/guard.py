@@ -92,16 +92,16 @@ def describe_failure(error: BaseException, step: str, where: str = "",
     Example::
 
         >>> describe_failure(MemoryError(), STATISTICS_STEP, batch_size=32, metric_batch_size=64)
-        ('out of memory', 'lower metric_batch_size (now 64) or metric_samples')
+        ('out of memory', 'lower metric_batch_size= (now 64) or metric_samples')
     """
     path = getattr(error, "filename", None) or where or "the image folder"
     code = getattr(error, "errno", None)
     if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
         if step == STATISTICS_STEP:
             now = f" (now {metric_batch_size})" if metric_batch_size is not None else ""
-            return "out of memory", f"lower metric_batch_size{now} or metric_samples"
+            return "out of memory", f"lower metric_batch_size={now} or metric_samples"
         now = f" (now {batch_size})" if batch_size is not None else ""
-        return "out of memory", f"lower batch_size{now}, num_samples or max_image_size"
+        return "out of memory", f"lower batch_size={now}, num_samples or max_image_size"
     if isinstance(error, OSError) and code in _DISK_FULL:
         return (f"the disk is full writing to {path}",
                 "free space on that disk, or point image_dir= to another one")

@@ -171,7 +171,7 @@ class Observer:
              statistics: StatisticsResult | None, *, provisional: bool = False
              ) -> dict[str, float]:
         """Rank zero's part of a run: explain the fixed samples, draw the grid, extend the
-        history, log the scalars, send the grid and the class maps; returns the scalars
+        history, log the scalars, send the class maps and the grid; returns the scalars
         logged (by tag)."""
         prefix = self.prefix(run.stage)
         self.progress("reading the samples", "")
@@ -191,9 +191,10 @@ class Observer:
         self.pictures.sinks.log_scalars({**self.last_metrics, "epoch": run.epoch}, run.step)
         # pictures last: a sink that fails (a full disk) costs neither the scalars nor the
         # drift history; then the advice, tried once (a probe that fails costs one run)
-        self.pictures.send_grid(grid, prefix + "overlay", run.step)
         if statistics is not None and statistics.count:
             self.pictures.send_class_maps(statistics, samples, prefix + "class_maps", run.step)
+        self.pictures.send_grid(grid, prefix + "overlay", run.step)
+        if statistics is not None and statistics.count:
             self.statistics.advise_on_coarse_maps(model, statistics, samples,
                                                   self.explainer.layer_name, run.prepare)
         return self.last_metrics

@@ -356,9 +356,9 @@ def test_any_logger_with_log_image_gets_the_pictures_and_epoch_with_the_scalars(
     _, callback = fit(tmp_path, logger)
     class_maps = "gradcam/features/class_maps"  # metric_samples default
     assert [(key, step) for key, step, _ in logger.images] == [
-        (OVERLAY, 6), (class_maps, 6), (OVERLAY, 12), (class_maps, 12),
+        (class_maps, 6), (OVERLAY, 6), (class_maps, 12), (OVERLAY, 12),
         ("gradcam/features/filmstrip", 12)]
-    assert torch.equal(as_tensor(logger.images[2][2]), callback.last_grid)
+    assert torch.equal(as_tensor(logger.images[3][2]), callback.last_grid)
     ours = [(step, m) for step, m in logger.metrics if "gradcam/features/border_energy" in m]
     assert [(step, m["epoch"]) for step, m in ours] == [(6, 0), (12, 1)]
     assert not (tmp_path / "gradcam").exists()

@@ -74,7 +74,7 @@ def test_the_observer_checks_measures_and_shows_without_a_trainer():
     assert statistics.count == 20 and not stop
     scalars = observer.show(model, [loader], run, statistics)
     assert [(tag, step) for tag, step, _ in sinks.pictures] == [
-        ("gradcam/features/overlay", 30), ("gradcam/features/class_maps", 30)]
+        ("gradcam/features/class_maps", 30), ("gradcam/features/overlay", 30)]
     assert sinks.scalars == [({**scalars, "epoch": 2}, 30)]
     assert scalars["gradcam/features/metric_samples"] == 20.0
     assert scalars["gradcam/features/border_lift"] == statistics.scalars["border_lift"]
@@ -238,7 +238,7 @@ def test_the_guard_takes_rank_zeros_decision_and_configures_between_runs():
     with guard.attempt("a run"):
         guard.progress("computing the statistics")
         raise MemoryError()
-    assert guard.failures[0].fix == "lower metric_batch_size (now 16) or metric_samples"
+    assert guard.failures[0].fix == "lower metric_batch_size= (now 16) or metric_samples"
 
 
 def test_summaries_of_fewer_than_two_samples_leave_the_spread_undefined():

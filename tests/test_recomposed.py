@@ -265,11 +265,11 @@ def test_6_out_of_memory_in_the_statistics_names_metric_batch_size(tmp_path, mon
     callback = GradCAMCallback("features", num_samples=2, metric_batch_size=16)
     with pytest.warns(UserWarning, match=r"skipped the run at epoch 0 \(step 6\): computing "
                                          r"the statistics failed with OutOfMemoryError.*Fix: "
-                                         r"lower metric_batch_size \(now 16\)"):
+                                         r"lower metric_batch_size= \(now 16\)"):
         fit(tmp_path, [callback], max_epochs=1, num_sanity_val_steps=0)
     (failure,) = callback.failures
     assert failure.cause == "out of memory"
-    assert failure.fix == "lower metric_batch_size (now 16) or metric_samples"
+    assert failure.fix == "lower metric_batch_size= (now 16) or metric_samples"
 
 
 def test_8_an_empty_std_is_named_as_std():

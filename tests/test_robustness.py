@@ -430,11 +430,11 @@ def test_failure_descriptions_name_cause_and_fix():
         assert cause in describe_failure(error, "writing")[0]
     cause, fix = describe_failure(MemoryError(), "explaining", batch_size=32,
                                   metric_batch_size=64)
-    assert fix.startswith("lower batch_size (now 32)") and "metric_batch_size" not in fix
+    assert fix.startswith("lower batch_size= (now 32)") and "metric_batch_size" not in fix
     cause, fix = describe_failure(MemoryError(), "computing the statistics", batch_size=32,
                                   metric_batch_size=64)
     assert cause == "out of memory"
-    assert fix == "lower metric_batch_size (now 64) or metric_samples"
+    assert fix == "lower metric_batch_size= (now 64) or metric_samples"
     assert "model's forward" in describe_failure(RuntimeError("x"), "explaining")[0]
 
 

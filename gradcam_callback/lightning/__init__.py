@@ -9,6 +9,18 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 from gradcam_callback.lightning.callback import GradCAMCallback
 
 __all__ = ["GradCAMCallback"]
+
+# Modules that never imported Lightning moved to where their concept lives; their old paths
+# (``gradcam_callback.lightning.history`` and so on) still import, until 0.3.
+_MOVED = {"history": "gradcam_callback.history", "guard": "gradcam_callback.guard",
+          "samples": "gradcam_callback.samples", "display": "gradcam_callback.samples.display",
+          "options": "gradcam_callback.options", "statistics": "gradcam_callback.statistics",
+          "loading": "gradcam_callback.cli.loading"}
+for _old, _new in _MOVED.items():
+    sys.modules.setdefault(f"{__name__}.{_old}", importlib.import_module(_new))
