@@ -60,53 +60,42 @@ class GradCAMCallback(Callback):
     (a list or dict read is a copy: change it by assigning a new one).
 
     Args:
-        target_layer: the layer's dotted name as ``model.named_modules()`` spells it;
-            ``None`` picks one (logged once with its reading, used in the tags).
+        target_layer: the layer's dotted name (``model.named_modules()``); ``None``: chosen.
         num_samples: how many validation samples to show (the first ones by index).
         every_n_epochs: log on every n-th epoch's validation runs.
-        method: ``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"hirescam"``,
-            ``"layercam"``, ``"eigencam"``, or a name added with ``register_method``.
-        target: ``"predicted"``, ``"label"`` (the batch's class), ``"both"`` (two rows),
-            a class index, or a callable ``logits -> (N,)`` scores.
+        method: ``"gradcam"`` or another of ``available_methods()`` (``register_method``).
+        target: ``"predicted"``, ``"label"``, ``"both"``, a class, or ``logits -> (N,)``.
         sample_indices: dataset indices to show instead of the first ``num_samples``.
         dataloader_idx: which validation (and test) dataloader to take samples from.
         input_key: the images' key when the dataset yields dicts.
         label_key: the labels' key when the dataset yields dicts (missing = no labels).
-        batch_to_input: a callable ``batch -> inputs`` or ``batch -> (inputs, labels)``
-            for other batch formats (an import path in YAML).
+        batch_to_input: ``batch -> inputs`` or ``-> (inputs, labels)``, for other formats.
         class_names: names shown instead of class indices (default: the dataset's own).
         mean: per-channel mean of the input normalisation, undone for display.
-        std: per-channel std of it. Without both: the dataset's torchvision ``Normalize``
-            if any, else the batch min-max scaled jointly (a tint stays visible).
+        std: its per-channel std (without both: the dataset's ``Normalize``, if any).
         colormap: any matplotlib colormap name.
         alpha: heatmap opacity in the overlay, in ``[0, 1]``.
         show_heatmap: add a row with the bare heatmaps.
         max_image_size: downscale tiles whose longer side exceeds this (``None``: never).
-        reshape_transform: how to read the layer's output: ``"auto"``, ``"nchw"``,
-            ``"nhwc"``, ``"tokens"`` (alias ``"vit"``), ``"tokens:<n>"``, or a callable.
+        reshape_transform: ``"auto"``, ``"nchw"``, ``"nhwc"``, ``"tokens[:<n>]"``, a callable.
         output_transform: picks the logits out of a model output that is not a tensor.
-        mask_keys: dict-batch keys of region masks ``(N, H, W)``; ``None``: every key
-            ending in ``"_mask"`` that holds one. Soft masks count above 0.5.
+        mask_keys: dict-batch keys of region masks ``(N, H, W)`` (default: ``*_mask``).
         mask_fn: a callable ``batch -> {name: (N, H, W) mask}``, for other formats.
         filmstrip_max: at most this many runs (columns) in the filmstrip, evenly spread.
         save_gif: also write an animated GIF per sample into the run's image folder.
         image_format: ``"jpeg"`` (quality 90) or ``"png"`` (lossless, larger events).
         image_dir: also write every picture as a file, into ``<image_dir>/version_<n>``.
-        per_sample_images: one picture per sample (``.../overlay/sample_<i>``) instead of
-            the grid: legible in TensorBoard's default card size.
+        per_sample_images: one picture per sample (``.../overlay/sample_<i>``), not a grid.
         batch_size: explain at most this many samples per forward pass.
         samples_per_page: at most this many samples a picture; more go to ``.../page_<k>``.
-        on_error: ``"warn"``: a failed run is reported once and skipped (off after 3 in a
-            row); ``"raise"``: it raises (for CI). Checks before training always raise.
+        on_error: ``"warn"``: a failed run is reported and skipped; ``"raise"`` (for CI).
         metric_samples: scalars are means (with ``_std``, ``_ci95``) over this many
             validation samples, shared across DDP ranks, also in
             ``trainer.callback_metrics``; ``0``: from the shown samples only.
         metric_batch_size: samples per chunk of the statistics (sets their memory).
-        alarms: thresholds by tag suffix, e.g. ``{"lift/watermark_mask": ">2"}``: one
-            warning names the metric, its value and the epoch.
+        alarms: thresholds by tag suffix, e.g. ``{"lift/watermark_mask": ">2"}`` (warns).
         alarm_action: ``"warn"``, or ``"stop"`` to also stop training (on every rank).
-        every_n_steps: also explain the validation samples every n training steps
-            (``None``: only at validation runs); the same tags, at ``trainer.global_step``.
+        every_n_steps: also explain the validation samples every n training steps.
 
     Raises:
         TypeError: an argument of the wrong type (the message names it and what is valid).
