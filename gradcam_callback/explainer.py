@@ -8,6 +8,10 @@ explains. :meth:`Explainer.explain` returns the maps of every row a picture show
 (``target="both"``: the prediction's and the label's), the logits of the same forward
 pass, the layer's own resolution, and which samples' outputs were finite.
 
+The task (:mod:`gradcam_callback.tasks`) is read from the first explanation's output and
+labels, said once in an info line, and kept: it decides what each map explains, what the
+captions say and how samples group.
+
 A sample whose outputs are NaN or infinite (a diverging run) is not an error: its maps
 are all zero, it is named once in a warning, and the callers leave it out of the numbers.
 The observer is never stricter than the trainer, which trains on.
@@ -23,10 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from gradcam_callback.engine import explain_batch, get_method
-from gradcam_callback.engine.targets import TargetSpec
+from gradcam_callback.engine.targets import Target, TargetSpec, select_scores
 from gradcam_callback.notices import Notices
 from gradcam_callback.ops import min_max, resize_maps
 from gradcam_callback.options import ExplainOptions
+from gradcam_callback.tasks import Grouping, Task, read_task
 
 __all__ = ["Explained", "Explainer"]
 
@@ -41,17 +46,43 @@ class Explained:
         logits: the model's output ``(N, ...)`` of the same forward pass, detached, on the CPU.
         finite: ``(N,)`` bool, whether each sample's outputs are all finite.
         layer_size: the explained layer's own resolution ``(h, w)``.
+        task: the task read (:class:`~gradcam_callback.tasks.Task`).
+        labels: the labels as the task reads them, or ``None``.
+        explained: ``(N,)`` what the first row's maps explain per sample (class, side,
+            label, output), or ``None`` (a callable target).
+        regions: regions the labels give (segmentation: ``label_region``) ``(N, H, W)``.
+        outlines: segmentation: the predicted region of the explained class ``(N, H, W)``.
     """
 
     rows: list[tuple[str, Tensor]]
     logits: Tensor
     finite: Tensor
     layer_size: tuple[int, ...]
+    task: Task = field(default_factory=Task)
+    labels: Tensor | None = None
+    explained: Tensor | None = None
+    regions: dict[str, Tensor] = field(default_factory=dict)
+    outlines: Tensor | None = None
 
     @property
     def maps(self) -> Tensor:
         """The first row's maps (the prediction's with ``target="both"``)."""
         return self.rows[0][1]
+
+    def grouping(self) -> Grouping:
+        """How the samples group into class maps (see :meth:`.Task.grouping`)."""
+        return self.task.grouping(self.logits, self.labels)
+
+
+_EXPLAINS = {
+    ("multiclass", "predicted"): "each sample's top class",
+    ("multilabel", "predicted"): "each sample's top-scoring label",
+    ("binary", "predicted"): "each sample's predicted side (+logit if positive, -logit if "
+                             "negative)",
+    ("segmentation", "predicted"): "each sample's most frequent predicted class (background "
+                                   "aside), its logits summed over the pixels predicted as it",
+    ("regression", "predicted"): "the output",
+}
 
 
 @dataclass
@@ -59,24 +90,26 @@ class Explainer:
     """Explain batches of the model under training with the callback's options.
 
     Attributes:
-        options: the explaining options (layer, method, target, readings, chunk size).
-        notices: where the layer line and the non-finite warning go.
+        options: the explaining options (layer, method, target, task, readings, chunk size).
+        notices: where the layer and task lines and the non-finite warning go.
         layer_name: the layer explained: ``target_layer``, or the automatic choice once made.
         reading: how the layer's output is read, once known (e.g. ``"channels-first"``).
+        task: the task, once read from the first output and labels.
     """
 
     options: ExplainOptions = field(default_factory=ExplainOptions)
     notices: Notices = field(default_factory=Notices)
     layer_name: str | None = None
     reading: str | None = None
+    task: Task | None = None
 
     def __post_init__(self) -> None:
         if self.layer_name is None:
             self.layer_name = self.options.target_layer
 
     def forget(self) -> None:
-        """Forget the layer learned (the explaining options changed)."""
-        self.layer_name, self.reading = self.options.target_layer, None
+        """Forget the layer and task learned (the explaining options changed)."""
+        self.layer_name, self.reading, self.task = self.options.target_layer, None, None
 
     def explain(self, model: nn.Module, inputs: Tensor, labels: Tensor | None = None, *,
                 label_note: str | None = None, indices: Sequence[int] | None = None,
@@ -86,46 +119,58 @@ class Explainer:
         Args:
             model: the model under training (left as it was: mode, gradients, hooks, RNG).
             inputs: the model inputs.
-            labels: class indices ``(N,)`` for ``target="label"``/``"both"``, or ``None``.
-            label_note: why there are no class-index labels, and what to do (the error).
+            labels: the labels as the batch holds them, or ``None``.
+            label_note: why there are no labels, and what to do (the error).
             indices: the samples' dataset indices, to name them in warnings.
             primary_only: the first row only (what the statistics need).
 
         Raises:
-            ValueError: the target needs labels the batch does not have, or anything the
-                engine refuses (an unknown layer, targets beyond the outputs, ...).
+            ValueError: the target needs labels the batch does not have, labels or an
+                output that contradict the task, or anything the engine refuses (an
+                unknown layer, targets beyond the outputs, ...).
         """
         target = self.options.target
         primary = "predicted" if target == "both" else target
-        first, logits, layer_size = self._maps(model, inputs, self.targets(primary, labels,
-                                                                            label_note))
+        task = self.task
+        if task is None:  # the first output decides the task; the same rule scores it
+            first, logits, layer_size = self._maps(
+                model, inputs, _FirstTarget(self.options, primary, labels, label_note), "auto")
+            task = self._read_task(logits, labels)
+            task_labels, note = task.labels(labels, label_note)
+        else:
+            task_labels, note = task.labels(labels, label_note)
+            first, logits, layer_size = self._maps(model, inputs,
+                                                   task.target(primary, task_labels, note),
+                                                   task.name)
         finite = torch.isfinite(logits.float().flatten(1)).all(dim=1)
         title = get_method(self.options.method).title
         if target != "both" or primary_only:
             rows = [(title + (" (label)" if target == "label" else ""), first)]
         else:
-            by_label, _, _ = self._maps(model, inputs, self.targets("label", labels, label_note))
+            by_label, _, _ = self._maps(model, inputs, task.target("label", task_labels, note),
+                                        task.name)
             rows = [(f"{title} (predicted)", first), (f"{title} (label)", by_label)]
         if not finite.all():
             self._warn_not_finite(finite, indices)
             rows = [(name, torch.where(finite.view(-1, 1, 1), maps, 0.0)) for name, maps in rows]
-        return Explained(rows, logits, finite, layer_size)
+        explained = task.explained(primary, logits, task_labels)
+        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        return Explained(rows, logits, finite, layer_size, task, task_labels, explained,
+                         task.regions(task_labels, explained, size),
+                         task.outlines(logits, explained, size))
 
-    def targets(self, target: object, labels: Tensor | None,
-                label_note: str | None = None) -> TargetSpec:
-        """The engine's target spec for a ``target`` option value and the batch's labels."""
-        if target == "predicted":
-            return None
-        if target == "label":
-            if labels is None:
-                raise ValueError(
-                    f"target={self.options.target!r} needs class-index labels (a 1-D integer "
-                    f"tensor (N,)), but {label_note or 'the batch has none'}"
-                )
-            return labels
-        return target  # type: ignore[return-value]  # an int or a callable (options checked)
+    def _read_task(self, logits: Tensor, labels: Tensor | None) -> Task:
+        options = self.options
+        task = read_task(options.task, logits, labels, target=options.target,
+                         threshold=options.threshold, background=options.background)
+        self.task = task
+        primary = "predicted" if options.target == "both" else options.target
+        what = _EXPLAINS.get((task.name, str(primary)))
+        self.notices.info_once("task", f"GradCAMCallback: {task.describe()}"
+                               + (f"; target={primary!r} explains {what}" if what else ""))
+        return task
 
-    def _maps(self, model: nn.Module, inputs: Tensor, targets: TargetSpec
+    def _maps(self, model: nn.Module, inputs: Tensor, targets: TargetSpec, task: str
               ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         """Maps normalised at the inputs' size (CPU), the logits, the layer's resolution."""
         options = self.options
@@ -136,7 +181,7 @@ class Explainer:
                                    reshape_transform=options.reshape_transform,
                                    output_size=None, normalize=False,
                                    output_transform=options.output_transform,
-                                   batch_size=options.batch_size)
+                                   batch_size=options.batch_size, task=task)
         if self.reading is None:
             chosen = "chosen automatically" if options.target_layer is None else "target_layer"
             self.notices.info_once("layer", f"GradCAMCallback: explaining {result.layer_name!r} "
@@ -156,3 +201,26 @@ class Explainer:
             "(has training diverged? check the loss and the learning rate). Their maps are "
             "left empty, and they are left out of the scalars, the drift history and the "
             "filmstrip until the outputs are finite again; training goes on.")
+
+
+@dataclass(frozen=True)
+class _FirstTarget(Target):
+    """The target of the first explanation, before the task is known: each chunk's output
+    (the first is the automatic layer choice's probe) reads the task with
+    :func:`~gradcam_callback.tasks.read_task`, the rule the explainer then keeps."""
+
+    options: ExplainOptions
+    word: object
+    labels: Tensor | None
+    note: str | None
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        options = self.options
+        task = read_task(options.task, logits.detach(), self.labels, target=options.target,
+                         threshold=options.threshold, background=options.background)
+        labels, note = task.labels(self.labels, self.note)
+        return select_scores(task.target(self.word, labels, note), logits, task.name)
+
+    def chunk(self, part: slice) -> _FirstTarget:
+        labels = self.labels[part] if self.labels is not None else None
+        return _FirstTarget(self.options, self.word, labels, self.note)

@@ -37,6 +37,7 @@ from gradcam_callback.render.run import Renderer
 from gradcam_callback.samples import FixedSamples, SampleReader, SampleStore
 from gradcam_callback.statistics import Collectives, StatisticsResult, StatisticsRunner
 from gradcam_callback.statistics.accumulator import no_value_cause
+from gradcam_callback.tasks import Task
 
 __all__ = ["Observer", "Run"]
 
@@ -192,7 +193,8 @@ class Observer:
         # pictures last: a sink that fails (a full disk) costs neither the scalars nor the
         # drift history; then the advice, tried once (a probe that fails costs one run)
         if statistics is not None and statistics.count:
-            self.pictures.send_class_maps(statistics, samples, prefix + "class_maps", run.step)
+            self.pictures.send_class_maps(statistics, samples, prefix + "class_maps", run.step,
+                                          explained.task)
         self.pictures.send_grid(grid, prefix + "overlay", run.step)
         if statistics is not None and statistics.count:
             self.statistics.advise_on_coarse_maps(model, statistics, samples,
@@ -207,9 +209,12 @@ class Observer:
         self.progress("reading the samples", "")
         samples = self.samples.get("validate", loaders)
         layer = self.explainer.layer_name
+        task = self.explainer.task or Task()
         return self.pictures.send_filmstrip(
             samples, self.history, tag=f"gradcam/{layer}/filmstrip", step=step,
-            by_step=self.options.run.every_n_steps is not None, gif_prefix=str(layer))
+            by_step=self.options.run.every_n_steps is not None, gif_prefix=str(layer),
+            sample_labels=task.sample_labels(samples.labels, len(samples.indices),
+                                             samples.class_names))
 
     def state_dict(self) -> dict[str, Any]:
         return save_state(self.explainer, self.samples, self.history)
@@ -239,7 +244,7 @@ def _scalars(explained: Explained, samples: FixedSamples,
     if statistics is not None:
         return {**statistics.scalars, "metric_samples": float(statistics.count)}, {}
     keep = explained.finite
-    masks = {name: mask[keep] for name, mask in samples.masks.items()}
+    masks = {name: mask[keep] for name, mask in {**samples.masks, **explained.regions}.items()}
     scalars, undefined = {}, {}
     for name, values in attention_scalars(explained.maps[keep], masks).items():
         defined = values[~values.isnan()]

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from gradcam_callback import _checks
 from gradcam_callback.engine import get_method
+from gradcam_callback.engine.targets import check_task
 from gradcam_callback.engine.transforms import ReadingSpec, check_reading
 from gradcam_callback.guard import ON_ERROR
 from gradcam_callback.render import IMAGE_FORMATS, colormap_lut
@@ -91,12 +92,18 @@ class ExplainOptions:
     reshape_transform: ReadingSpec = "auto"
     output_transform: Callable[[Any], Tensor] | None = None
     batch_size: int = 32
+    task: str = "auto"
+    threshold: float = 0.5
+    background: int | None = 0
 
     def identity(self) -> dict[str, str | int]:
         """What tells two callbacks apart in a checkpoint (Lightning's ``state_key``)."""
         target = self.target if isinstance(self.target, (str, int)) else "callable"
-        return {"target_layer": self.target_layer or "auto", "method": self.method,
-                "target": target}
+        identity: dict[str, str | int] = {"target_layer": self.target_layer or "auto",
+                                          "method": self.method, "target": target}
+        if self.task != "auto":  # (the keys of checkpoints written before tasks stay)
+            identity["task"] = self.task
+        return identity
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,11 @@ def validated_options(**options: Any) -> CallbackOptions:
                                            allow_none=True),
         "method": get_method(o["method"]).name,
         "target": check_target(o["target"]),
+        "task": check_task(o["task"]),
+        "threshold": _checks.check_float("threshold", o["threshold"], minimum=0.0,
+                                         maximum=1.0, exclusive_minimum=True),
+        "background": _checks.check_int("background", o["background"], minimum=0,
+                                        allow_none=True),
         "sample_indices": _checks.check_int_sequence("sample_indices", o["sample_indices"]),
         "dataloader_idx": _checks.check_int("dataloader_idx", o["dataloader_idx"], minimum=0),
         "input_key": _checks.check_str("input_key", o["input_key"]),
@@ -209,6 +221,17 @@ def validated_options(**options: Any) -> CallbackOptions:
         "alarms": dict(alarms) if alarms else {},
         "alarm_action": _checks.check_choice("alarm_action", o["alarm_action"], ALARM_ACTIONS),
     }
+    if flat["threshold"] == 1.0:
+        raise ValueError(f"threshold={flat['threshold']!r}: a multi-label threshold must be "
+                         "strictly between 0 and 1 (e.g. 0.5)")
+    names = flat["class_names"]
+    if flat["task"] == "binary" and names is not None and len(names) != 2:
+        raise ValueError(f"class_names={list(names)!r} with task='binary': a binary model has "
+                         "two sides, so two names: negative, then positive")
+    if flat["task"] == "regression" and flat["target"] in ("label", "both"):
+        raise ValueError(f"target={flat['target']!r} with task='regression': a regression "
+                         "output has no label side to explain; use 'predicted' or an output "
+                         "index k")
     unknown = set(o) - set(flat)
     if unknown:  # a programming error: the constructor and this function disagree
         raise TypeError(f"unknown options: {sorted(unknown)}")
@@ -223,7 +246,8 @@ def validated_options(**options: Any) -> CallbackOptions:
         explaining=ExplainOptions(
             target_layer=target_layer, method=flat["method"], target=flat["target"],
             reshape_transform=flat["reshape_transform"],
-            output_transform=flat["output_transform"], batch_size=flat["batch_size"]),
+            output_transform=flat["output_transform"], batch_size=flat["batch_size"],
+            task=flat["task"], threshold=flat["threshold"], background=flat["background"]),
         pictures=PictureOptions(
             colormap=flat["colormap"], alpha=flat["alpha"], show_heatmap=flat["show_heatmap"],
             max_image_size=flat["max_image_size"], filmstrip_max=flat["filmstrip_max"],

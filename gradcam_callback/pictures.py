@@ -19,10 +19,10 @@ from torch import Tensor
 from gradcam_callback.explainer import Explained
 from gradcam_callback.history import History, evenly_spaced
 from gradcam_callback.notices import Notices
-from gradcam_callback.render import prediction_captions
 from gradcam_callback.render.run import Renderer
 from gradcam_callback.samples import FixedSamples
 from gradcam_callback.statistics import StatisticsResult
+from gradcam_callback.tasks import Task
 
 __all__ = ["Grid", "Pictures", "Sinks"]
 
@@ -76,19 +76,22 @@ class Pictures:
 
     def draw_grid(self, samples: FixedSamples, explained: Explained, *,
                   header: str | None = None, limit: int | None = None) -> Grid:
-        """The grid's pages (the first ``limit``), captioned with the predictions."""
+        """The grid's pages (the first ``limit``), captioned with the predictions as the
+        task reads them (segmentation: the predicted region outlined)."""
         self.progress("rendering", "")
-        captions, wrong = prediction_captions(explained.logits, samples.labels,
-                                              samples.class_names)
+        captions, wrong = explained.task.captions(explained.logits, explained.labels,
+                                                  samples.class_names, explained.explained)
         pages = self.renderer.grid_pages(samples, explained.rows, captions, wrong,
-                                         header=header, limit=limit)
+                                         header=header, limit=limit,
+                                         outlines=explained.outlines)
         return Grid(samples, explained, captions, wrong, header, pages)
 
     def check(self, samples: FixedSamples, explained: Explained, *, filmstrip: bool) -> None:
         """The check before training: the first page (and the widest filmstrip) encode."""
         self.renderer.encodes(self.draw_grid(samples, explained, limit=1).pages)
         if filmstrip:
-            self.renderer.check_filmstrip(samples, explained.maps)
+            self.renderer.check_filmstrip(samples, explained.maps, explained.task.sample_labels(
+                samples.labels, len(samples.indices), samples.class_names))
 
     def keep(self, grid: Grid) -> None:
         """Keep ``grid`` as the last one (before it is sent: a failed write keeps it)."""
@@ -103,21 +106,24 @@ class Pictures:
             return
         for index, picture in self.renderer.sample_pictures(
                 grid.samples, grid.explained.rows, grid.captions, grid.wrong,
-                header=grid.header):
+                header=grid.header, outlines=grid.explained.outlines):
             self.sinks.log(f"{tag}/sample_{index}", picture, step, header)
 
     def send_class_maps(self, statistics: StatisticsResult, samples: FixedSamples, tag: str,
-                        step: int) -> None:
-        """The mean map per class (by prediction, and by label when there are labels)."""
+                        step: int, task: Task | None = None) -> None:
+        """The mean map per class (side, label) by prediction, and by label when there
+        are labels; named by the task (a binary model's sides)."""
         rows = [("by prediction", statistics.by_prediction, statistics.prediction_counts)]
         if statistics.by_label is not None and statistics.label_counts is not None:
             rows.append(("by label", statistics.by_label, statistics.label_counts))
+        names = (task or Task()).names(samples.class_names)
         self.last_class_maps = self.renderer.class_maps(rows, statistics.mean_image,
-                                                        samples.display, samples.class_names)
+                                                        samples.display, names)
         self.sinks.log(tag, self.last_class_maps, step)
 
     def send_filmstrip(self, samples: FixedSamples, history: History, *, tag: str, step: int,
-                       by_step: bool, gif_prefix: str) -> Tensor | None:
+                       by_step: bool, gif_prefix: str,
+                       sample_labels: list[str | None] | None = None) -> Tensor | None:
         """The filmstrip of ``history`` (at most ``filmstrip_max`` runs, evenly spread),
         titled by epoch (or by step); with ``save_gif``, a GIF per sample too."""
         self.progress("rendering", "")
@@ -131,7 +137,8 @@ class Pictures:
                   for r in runs]
         header = (f"filmstrip · epochs {history.epochs[0]}-{history.epochs[-1]}"
                   f" · step {step}")
-        pages = self.renderer.filmstrip_pages(samples, maps, titles, header=header)
+        pages = self.renderer.filmstrip_pages(samples, maps, titles, header=header,
+                                              sample_labels=sample_labels)
         self.last_filmstrip = pages[0]
         self.sinks.log_pages(tag, pages, step, header)
         if self.renderer.options.save_gif:

@@ -205,9 +205,10 @@ def test_auto_detection_never_picks_the_model_itself():
     result = explain_batch(fully_convolutional, inputs, None,
                            lambda out: out[:, 1].mean(dim=(1, 2)))
     assert result.layer_name == "2"
-    # no class score on a (N, K, H, W) output: the layer is chosen by shape, the CAM says why
+    # a (N, K, H, W) output reads as segmentation; asked as multiclass, the CAM says why
+    assert explain_batch(fully_convolutional, inputs, None, None).layer_name == "2"
     with pytest.raises(ValueError, match=r"class targets need a model output of shape"):
-        explain_batch(fully_convolutional, inputs, None, None)
+        explain_batch(fully_convolutional, inputs, None, None, task="multiclass")
 
 
 @pytest.mark.parametrize("targets", [torch.tensor([True, False, True]), True, [1, False, 2]])

@@ -197,16 +197,27 @@ def test_resize_and_shrink_keep_what_is_already_the_right_size():
 
 # ----- samples: what counts as labels and masks ---------------------------------------------
 
-def test_only_1d_integer_labels_are_shown_as_classes():
+def test_a_multiclass_task_reads_class_indices_one_hot_rows_and_nothing_else():
     from gradcam_callback.samples import SampleReader
+    from gradcam_callback.tasks import Task
 
-    reader = SampleReader()
+    reader, task = SampleReader(), Task("multiclass", 3)
     images = torch.zeros(3, 3, 8, 8)
     _, labels = reader.split((images, torch.tensor([2, 0, 1])))
-    assert labels.tolist() == [2, 0, 1]
-    for not_classes in (torch.tensor([True, False, True]), torch.eye(3),
-                        torch.tensor([0.0, 1.0, 2.0]), torch.zeros(3, 1, dtype=torch.long)):
-        assert reader.split((images, not_classes))[1] is None
+    assert task.labels(labels)[0].tolist() == [2, 0, 1]
+    # the reader keeps labels as the batch holds them; the task reads them
+    for as_classes in (torch.eye(3)[[2, 0, 1]], torch.tensor([2.0, 0.0, 1.0]),
+                       torch.tensor([[2], [0], [1]])):
+        raw = reader.split((images, as_classes))[1]
+        assert torch.equal(raw, as_classes)
+        assert task.labels(raw)[0].tolist() == [2, 0, 1]
+    for not_classes in (torch.tensor([True, False, True]), torch.tensor([0.5, 1.0, 2.0]),
+                        torch.full((3, 3), 1 / 3)):
+        labels, note = task.labels(not_classes)
+        assert labels is None and "not class indices" in note
+    with pytest.raises(ValueError, match=r"multi-hot .* task='multilabel'"):
+        task.labels(torch.tensor([[1, 1, 0], [0, 1, 0], [1, 0, 0]]))
+    assert reader.split((images, torch.zeros(2)))[1] is None  # not one row per input
     assert reader.split({"image": images, "label": torch.tensor([1, 1, 1])})[1].tolist() == [1] * 3
     with pytest.raises(ValueError, match=r"^input_key='image': the batch is a dict with keys"):
         reader.split({"pixels": images})

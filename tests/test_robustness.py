@@ -108,7 +108,9 @@ class TupleOutput(LitTiny):
         pass
 
 
-class OneHotLabels(Dataset):
+class SoftLabels(Dataset):
+    """Label-smoothed one-hot rows: neither class indices nor 0/1 multi-hot labels."""
+
     def __init__(self) -> None:
         self.base = StripeDataset(24, seed=2)
 
@@ -117,12 +119,12 @@ class OneHotLabels(Dataset):
 
     def __getitem__(self, index):
         image, label = self.base[index]
-        return image, nn.functional.one_hot(label, 3).float()
+        return image, nn.functional.one_hot(label, 3).float() * 0.9 + 0.1 / 3
 
 
-def one_hot_data():
+def soft_label_data():
     data = StripeData()
-    data.val_dataloader = lambda: DataLoader(OneHotLabels(), batch_size=8)
+    data.val_dataloader = lambda: DataLoader(SoftLabels(), batch_size=8)
     return data
 
 
@@ -164,9 +166,10 @@ FAIL_FAST = {
     "a callable target returning (N, C)": (
         {"target": lambda logits: logits}, {}, ValueError,
         r"targets callable must return a tensor of shape \(N,\) = \(8,\).*got \(8, 3\)"),
-    "target='label' with one-hot float labels": (
-        {"target": "label"}, {"data": one_hot_data(), "model": NoValidationLoss()},
-        ValueError, r"but the labels are torch.float32 of shape \(8, 3\) \(one-hot"),
+    "target='label' with soft float labels": (
+        {"target": "label"}, {"data": soft_label_data(), "model": NoValidationLoss()},
+        ValueError, r"needs class-index labels .* but the labels are torch.float32 "
+                    r"\(8, 3\) \(soft labels"),
     "an unknown input_key": (
         {"input_key": "img"}, {"data": ShapesData()}, ValueError,
         r"input_key='img': the batch is a dict with keys"),

@@ -35,7 +35,10 @@ from gradcam_callback.engine.methods import CamMethod, get_method
 from gradcam_callback.engine.scopes import eval_mode, preserved_rng_state
 from gradcam_callback.engine.targets import (
     OutputTransform,
+    Target,
     TargetSpec,
+    TaskName,
+    check_task,
     logits_from_output,
     select_scores,
 )
@@ -86,6 +89,7 @@ def compute_cam(
     normalize: bool = True,
     output_transform: OutputTransform | None = None,
     batch_size: int | None = None,
+    task: TaskName | str = "auto",
 ) -> Tensor:
     """Compute class activation maps for a batch, leaving the model exactly as it was.
 
@@ -101,9 +105,12 @@ def compute_cam(
             last spatial block; on a class-token ViT, the last block's pre-attention
             norm; see :mod:`~gradcam_callback.engine.layers`). If the layer runs several
             times in one forward, its last call is explained.
-        targets: ``None`` (each sample's predicted class), an ``int`` (that class for
-            all), ``N`` ints (a sequence or 1-D tensor), or a callable
-            ``output -> (N,)`` scores. Ignored by ``eigencam`` apart from validation.
+        targets: ``None`` (what each sample is predicted as), an ``int`` (that class,
+            side or output for all), ``N`` ints (a sequence or 1-D tensor), a
+            :class:`~gradcam_callback.engine.targets.Target` or a callable
+            ``output -> (N,)`` scores. What ``None`` and the integers mean depends on
+            ``task`` (the table in :mod:`~gradcam_callback.engine.targets`). Ignored by
+            ``eigencam`` apart from validation.
         method: one of ``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"hirescam"``,
             ``"layercam"``, ``"eigencam"`` (formulas in this module's docstring).
         reshape_transform: how to read the layer's output as maps: ``"auto"`` (channels-
@@ -121,6 +128,11 @@ def compute_cam(
             carry ``logits`` (Hugging Face ``ModelOutput``, dicts, named tuples).
         batch_size: explain at most this many samples per forward (memory is set by the
             chunk, not by ``N``); ``None`` runs all ``N`` at once. Results are the same.
+        task: ``"auto"`` (from the output's shape: ``(N, 1)`` binary, ``(N, C, h, w)``
+            segmentation, else multiclass), ``"multiclass"``, ``"binary"``,
+            ``"multilabel"``, ``"segmentation"`` or ``"regression"``: how ``targets`` are
+            scored. A one-logit binary model's negative predictions are explained by
+            ``-logit``, the evidence *for* the negative side.
 
     Returns:
         float32 tensor ``(N, h, w)``, detached, on the inputs' device.
@@ -158,6 +170,7 @@ def compute_cam(
         normalize=normalize,
         output_transform=output_transform,
         batch_size=batch_size,
+        task=task,
     ).cams
 
 
@@ -173,6 +186,7 @@ def explain_batch(
     normalize: bool = True,
     output_transform: OutputTransform | None = None,
     batch_size: int | None = None,
+    task: TaskName | str = "auto",
 ) -> Explanation:
     """Like :func:`compute_cam`, but also return the logits of the same forward pass.
 
@@ -181,6 +195,7 @@ def explain_batch(
     Arguments, errors and guarantees are those of :func:`compute_cam`.
     """
     cam_method = get_method(method)
+    check_task(task)  # an unknown word fails before any forward
     spec = check_reading(reshape_transform)
     _check_inputs(inputs)
     _check_output_size(output_size)
@@ -197,7 +212,7 @@ def explain_batch(
             first = slice(0, batch_size)
             layer_name, reading = choose_layer(
                 model, x[first], _slice_targets(targets, first, len(x)),
-                output_transform=output_transform)
+                output_transform=output_transform, task=task)
             if spec != "auto":
                 reading = None
         layer_name, layer = resolve_layer(model, layer_name if target_layer is None
@@ -208,7 +223,7 @@ def explain_batch(
             chunk = slice(start, start + batch_size)
             chunk_cams, chunk_logits, reading = _explain_chunk(
                 model, x[chunk], layer, layer_name, _slice_targets(targets, chunk, len(x)),
-                cam_method, spec, reading, output_transform)
+                cam_method, spec, reading, output_transform, task)
             with torch.autocast(x.device.type, enabled=False):
                 if size is not None:
                     chunk_cams = resize_maps(chunk_cams, size)
@@ -222,8 +237,8 @@ def explain_batch(
 
 def _explain_chunk(model: nn.Module, x: Tensor, layer: nn.Module, layer_name: str,
                    targets: TargetSpec, cam_method: CamMethod, spec: str | ReshapeTransform,
-                   reading: Reading | None, output_transform: OutputTransform | None
-                   ) -> tuple[Tensor, Tensor, Reading]:
+                   reading: Reading | None, output_transform: OutputTransform | None,
+                   task: str = "auto") -> tuple[Tensor, Tensor, Reading]:
     """Raw maps (after ReLU, at the layer's resolution), logits and the reading, for one
     chunk; ``reading`` is decided on the first chunk and kept for the others."""
     with capture_layer_output(
@@ -239,7 +254,7 @@ def _explain_chunk(model: nn.Module, x: Tensor, layer: nn.Module, layer_name: st
         reading = _read(model, x, captured.activation, spec, layer, layer_name)
     logits = logits_from_output(output, output_transform)
     with torch.set_grad_enabled(cam_method.needs_gradients):
-        scores = select_scores(targets, logits)
+        scores = select_scores(targets, logits, task)
         grads = (
             _gradients(scores, captured.activation, layer_name)
             if cam_method.needs_gradients
@@ -266,8 +281,13 @@ def _read(model: nn.Module, x: Tensor, activation: Tensor, spec: str | ReshapeTr
 
 
 def _slice_targets(targets: TargetSpec, chunk: slice, count: int) -> TargetSpec:
-    """The part of per-sample targets (a sequence or 1-D tensor of ``count``) in ``chunk``."""
-    if chunk == slice(0, count) or (callable(targets) and not isinstance(targets, Tensor)):
+    """The part of per-sample targets (a sequence or 1-D tensor of ``count``, or a
+    :class:`Target`) in ``chunk``."""
+    if chunk == slice(0, count):
+        return targets
+    if isinstance(targets, Target):
+        return targets.chunk(chunk)
+    if callable(targets) and not isinstance(targets, Tensor):
         return targets
     if isinstance(targets, Tensor) and targets.dim() == 1 and len(targets) == count:
         return targets[chunk]

@@ -232,6 +232,7 @@ def choose_layer(
     targets: TargetSpec = None,
     *,
     output_transform: OutputTransform | None = None,
+    task: str = "auto",
 ) -> tuple[str, Reading]:
     """Choose the layer to explain and how to read it (module docstring: the rules).
 
@@ -244,6 +245,7 @@ def choose_layer(
         targets: the target spec of the CAM that follows (its scores decide which layers
             the score flows through).
         output_transform: as for :func:`~gradcam_callback.compute_cam`.
+        task: how ``targets`` are scored (as for :func:`~gradcam_callback.compute_cam`).
 
     Returns:
         The layer's dotted name and its :class:`~gradcam_callback.engine.transforms.Reading`.
@@ -311,7 +313,7 @@ def choose_layer(
             "target_layer explicitly, with reshape_transform=<callable output -> "
             "(N, C, h, w)> if its layout is another one."
         )
-    return _first_reached(candidates, output, targets, output_transform)
+    return _first_reached(candidates, output, targets, output_transform, task)
 
 
 def _is_candidate_output(output: object, batch: int, inputs_differ: bool) -> bool:
@@ -331,8 +333,8 @@ def _is_candidate_output(output: object, batch: int, inputs_differ: bool) -> boo
 
 
 def _first_reached(candidates: list[tuple[str, Tensor, Reading]], output: Any,
-                   targets: TargetSpec,
-                   output_transform: OutputTransform | None) -> tuple[str, Reading]:
+                   targets: TargetSpec, output_transform: OutputTransform | None,
+                   task: str = "auto") -> tuple[str, Reading]:
     """The first candidate with a non-zero gradient of the scores at its grid positions.
 
     Gradients are taken for groups of candidates of doubling size, from the output back,
@@ -340,7 +342,7 @@ def _first_reached(candidates: list[tuple[str, Tensor, Reading]], output: Any,
     through the head only), not down to the input.
     """
     try:
-        scores = select_scores(targets, logits_from_output(output, output_transform))
+        scores = select_scores(targets, logits_from_output(output, output_transform), task)
     except ValueError:
         # no score can be formed (e.g. targets=None on a segmentation-style (N, K, H, W)
         # output): choose by shape alone; the CAM itself then reports the targets error

@@ -96,6 +96,10 @@ class GradCAMCallback(Callback):
         alarms: thresholds by tag suffix, e.g. ``{"lift/watermark_mask": ">2"}`` (warns).
         alarm_action: ``"warn"``, or ``"stop"`` to also stop training (on every rank).
         every_n_steps: also explain the validation samples every n training steps.
+        task: ``"auto"`` (read from the output and labels), ``"multiclass"``, ``"binary"``,
+            ``"multilabel"``, ``"segmentation"`` or ``"regression"`` (README: Tasks).
+        threshold: multi-label: a label is predicted where its sigmoid is above this.
+        background: segmentation: the class ``"predicted"`` passes over (``None``: none).
 
     Raises:
         TypeError: an argument of the wrong type (the message names it and what is valid).
@@ -161,6 +165,10 @@ class GradCAMCallback(Callback):
         alarms: dict[str, str] | None = None,
         alarm_action: str = "warn",
         every_n_steps: int | None = None,
+        task: Literal["auto", "multiclass", "binary", "multilabel", "segmentation",
+                      "regression"] = "auto",
+        threshold: float = 0.5,
+        background: int | None = 0,
     ) -> None:
         super().__init__()
         self._options = options = validated_options(**{k: v for k, v in locals().items()

@@ -24,11 +24,13 @@ from gradcam_callback.ops import resize_maps
 from gradcam_callback.render.colormap import heatmap
 from gradcam_callback.render.overlay import overlay, to_uint8
 
-__all__ = ["NO_EVIDENCE", "annotated_grid", "explanation_grid", "no_evidence_notes"]
+__all__ = ["NO_EVIDENCE", "annotated_grid", "explanation_grid", "no_evidence_notes",
+           "region_edges"]
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
 WRONG = (230, 40, 40)
+OUTLINE = (255, 255, 255)
 NOTE_BACKGROUND = (0, 0, 0)
 GAP = 6
 FRAME = 3
@@ -132,6 +134,7 @@ def explanation_grid(
     show_heatmap: bool = False,
     font_size: int | None = None,
     header: str | None = None,
+    outlines: Tensor | None = None,
 ) -> Tensor:
     """The picture of an explanation: inputs on top, one overlay row per set of maps.
 
@@ -149,22 +152,43 @@ def explanation_grid(
         show_heatmap: add the bare heatmap below each overlay row.
         font_size: text size in pixels; ``None`` scales it with the tiles.
         header: a line across the top, e.g. ``"epoch 3 · step 120"``.
+        outlines: bool regions ``(N, H, W)`` (any size) whose edge is drawn in white on
+            the inputs and the overlays, e.g. a segmentation's predicted region.
 
     Returns:
         uint8 ``(3, height, width)``.
     """
-    rows, titles = [to_uint8(images)], ["input"]
+    edges = None if outlines is None else region_edges(outlines, images.shape[-2:])
+    rows, titles = [_outlined(to_uint8(images), edges)], ["input"]
     notes: dict[tuple[int, int], str] = {}
     for title, cams in maps:
         cams = resize_maps(cams.detach().float().cpu(), images.shape[-2:])
         notes.update(no_evidence_notes(cams, row=len(rows)))
-        rows.append(overlay(images, cams, colormap=colormap, alpha=alpha))
+        rows.append(_outlined(overlay(images, cams, colormap=colormap, alpha=alpha), edges))
         titles.append(title)
         if show_heatmap:
             rows.append(to_uint8(heatmap(cams, colormap=colormap)))
             titles.append("heatmap")
     return annotated_grid(rows, titles, captions, wrong, font_size=font_size, header=header,
                           notes=notes)
+
+
+def region_edges(regions: Tensor, size: Sequence[int] | torch.Size) -> Tensor:
+    """The edge pixels of bool regions ``(N, h, w)`` at ``size`` (nearest), two pixels
+    wide on tiles of 128 px and more: inside pixels with an outside pixel next to them."""
+    inside = torch.nn.functional.interpolate(regions.detach().float().cpu()[:, None],
+                                             size=tuple(size), mode="nearest")
+    width = 2 if min(size) >= 128 else 1
+    kernel = 2 * width + 1
+    eroded = -torch.nn.functional.max_pool2d(-inside, kernel, stride=1, padding=width)
+    return ((inside > 0.5) & (eroded < 0.5))[:, 0]
+
+
+def _outlined(tiles: Tensor, edges: Tensor | None) -> Tensor:
+    if edges is None:
+        return tiles
+    return torch.where(edges[:, None], torch.tensor(OUTLINE, dtype=torch.uint8).view(1, 3, 1, 1),
+                       tiles)
 
 
 def no_evidence_notes(maps: Tensor, row: int, first_column: int = 0) -> dict[tuple[int, int], str]:

@@ -53,7 +53,7 @@ class Renderer:
 
     def grid_pages(self, samples: FixedSamples, rows: Rows, captions: list[list[str]],
                    wrong: list[bool], *, header: str | None = None,
-                   limit: int | None = None) -> list[Tensor]:
+                   limit: int | None = None, outlines: Tensor | None = None) -> list[Tensor]:
         """The explanation grid, a page per ``samples_per_page`` columns (the first
         ``limit`` pages only, if given). Display images are made once for all samples
         (a joint display scale stays joint) and resized page by page.
@@ -66,7 +66,8 @@ class Renderer:
         for page in self.pages(shown)[:limit]:
             grid = self._grid(resize_tiles(shown[page], self.options.max_image_size),
                               [(title, maps[page]) for title, maps in rows], captions[page],
-                              wrong[page], header)
+                              wrong[page], header,
+                              None if outlines is None else outlines[page])
             check_picture_size(grid.shape[1], grid.shape[2], self.options.image_format,
                                "the grid", f"lower max_image_size (now "
                                f"{self.options.max_image_size})")
@@ -74,14 +75,15 @@ class Renderer:
         return pages
 
     def sample_pictures(self, samples: FixedSamples, rows: Rows, captions: list[list[str]],
-                        wrong: list[bool], *, header: str | None = None
-                        ) -> Iterator[tuple[int, Tensor]]:
+                        wrong: list[bool], *, header: str | None = None,
+                        outlines: Tensor | None = None) -> Iterator[tuple[int, Tensor]]:
         """One picture per sample (``per_sample_images``), with its dataset index."""
         shown = resize_tiles(self.display_images(samples), self.options.max_image_size)
         for i, index in enumerate(samples.indices):
             yield index, self._grid(shown[i : i + 1],
                                     [(title, maps[i : i + 1]) for title, maps in rows],
-                                    captions[i : i + 1], wrong[i : i + 1], header)
+                                    captions[i : i + 1], wrong[i : i + 1], header,
+                                    None if outlines is None else outlines[i : i + 1])
 
     def class_maps(self, rows: Sequence[tuple[str, Tensor, Tensor]], mean_image: Tensor,
                    display: Display, class_names: Sequence[str] | None) -> Tensor:
@@ -91,18 +93,22 @@ class Renderer:
         return class_maps_grid(rows, backdrop, class_names, colormap=self.options.colormap)
 
     def filmstrip_pages(self, samples: FixedSamples, maps: Tensor, titles: list[str], *,
-                        header: str | None = None, limit: int | None = None) -> list[Tensor]:
+                        header: str | None = None, limit: int | None = None,
+                        sample_labels: Sequence[str | None] | None = None) -> list[Tensor]:
         """The filmstrip (``maps`` ``(runs, N, h, w)``), a page per ``samples_per_page``
-        rows (the first ``limit`` only)."""
+        rows (the first ``limit`` only); rows are named ``#<index> <label>`` with
+        ``sample_labels`` (the task's words for each sample's label)."""
         shown = self.display_images(samples)
-        names = [sample_title(index, None if samples.labels is None else int(samples.labels[i]),
-                              samples.class_names) for i, index in enumerate(samples.indices)]
+        labels = sample_labels if sample_labels is not None else [None] * len(samples.indices)
+        names = [sample_title(index, None) + (f" {label}" if label else "")
+                 for index, label in zip(samples.indices, labels, strict=True)]
         return [filmstrip(resize_tiles(shown[page], self.options.max_image_size),
                           maps[:, page], titles, names[page], colormap=self.options.colormap,
                           alpha=self.options.alpha, header=header)
                 for page in self.pages(shown)[:limit]]
 
-    def check_filmstrip(self, samples: FixedSamples, maps: Tensor) -> None:
+    def check_filmstrip(self, samples: FixedSamples, maps: Tensor,
+                        sample_labels: Sequence[str | None] | None = None) -> None:
         """The filmstrip's first page, at its widest (``filmstrip_max`` runs), encodes.
 
         Raises:
@@ -111,7 +117,8 @@ class Renderer:
         runs = self.options.filmstrip_max
         widest = maps.detach().float().cpu()[None].expand(runs, -1, -1, -1)
         titles = [f"epoch {i}" for i in range(runs)]
-        for page in self.filmstrip_pages(samples, widest, titles, limit=1):
+        for page in self.filmstrip_pages(samples, widest, titles, limit=1,
+                                         sample_labels=sample_labels):
             check_picture_size(page.shape[1], page.shape[2], self.options.image_format,
                                "the filmstrip", f"lower filmstrip_max (now {runs}) or "
                                "max_image_size")
@@ -134,8 +141,8 @@ class Renderer:
             encode_image(picture, self.options.image_format)
 
     def _grid(self, tiles: Tensor, rows: Rows, captions: list[list[str]], wrong: list[bool],
-              header: str | None) -> Tensor:
+              header: str | None, outlines: Tensor | None = None) -> Tensor:
         options = self.options
         return explanation_grid(tiles, list(rows), captions, wrong, colormap=options.colormap,
                                 alpha=options.alpha, show_heatmap=options.show_heatmap,
-                                header=header)
+                                header=header, outlines=outlines)

@@ -43,10 +43,12 @@ class FixedSamples:
     Attributes:
         indices: their dataset indices.
         inputs: the model inputs ``(N, C, H, W)`` as the loader's collate made them.
-        labels: class indices ``(N,)``, or ``None`` when the batch has none.
+        labels: the labels as the batch holds them (one row per sample: class indices,
+            0/1 sides, multi-hot rows, label masks, values), or ``None`` when the batch has
+            none; the task reads them (:meth:`gradcam_callback.tasks.Task.labels`).
         masks: named bool region masks ``(N, H, W)``.
-        label_note: when ``labels`` is ``None``: why (no labels; labels that are not class
-            indices, with their dtype and shape) and what to do.
+        label_note: when ``labels`` is ``None``: why (no labels; labels that are not one
+            row per input) and what to do.
         class_names: the names shown for class indices: the ``class_names`` option, else
             the dataset's own (``classes`` or ``class_names``), else ``None`` (indices).
         display: how to show the inputs (see :mod:`.display`).
@@ -154,7 +156,8 @@ class SampleReader:
         return collate([items[i] for i in indices]), indices
 
     def split(self, batch: Any) -> tuple[Tensor, Tensor | None]:
-        """``(inputs, labels)`` of a collated batch; labels are ``None`` unless class indices."""
+        """``(inputs, labels)`` of a collated batch (labels as the batch holds them, or
+        ``None``)."""
         inputs, labels, _ = self._split(batch)
         return inputs, labels
 
@@ -199,15 +202,14 @@ class SampleReader:
                 "model expects"
             )
         problem = _label_problem(labels, len(inputs))
-        if problem is not None:  # one-hot, multi-label, masks...: not class indices
-            return inputs, None, (f"{problem}: convert them in the dataset (e.g. "
-                                  "labels.argmax(1) for one-hot), or return (inputs, class "
-                                  "indices) from batch_to_input")
+        if problem is not None:
+            return inputs, None, (f"{problem}: return (inputs, labels) from batch_to_input "
+                                  "with one label row per input")
         if labels is None:
             return inputs, None, (f"the batch has none: for dict samples set label_key (now "
                                   f"{self.options.label_key!r}), or return (inputs, labels) "
-                                  "from batch_to_input; labels must be a 1-D integer tensor "
-                                  "(not one-hot or float)")
+                                  "from batch_to_input")
+        assert isinstance(labels, Tensor)
         return inputs, labels.detach().cpu().clone(), None
 
     def masks(self, batch: Any, inputs: Tensor,
@@ -258,20 +260,16 @@ class SampleReader:
 
 
 def _label_problem(labels: object, count: int) -> str | None:
-    """Why ``labels`` are not ``count`` class indices, or ``None`` if they are (or absent)."""
+    """Why ``labels`` are not labels of ``count`` inputs, or ``None`` if they are (or
+    absent). What they mean (class indices, sides, multi-hot, masks, values) the task
+    reads (:mod:`gradcam_callback.tasks`)."""
     if labels is None:
         return None
     if not isinstance(labels, Tensor):
         return f"the labels are a {type(labels).__name__}, not a tensor"
-    shape = tuple(labels.shape)
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        kind = " (one-hot or soft labels?)" if labels.dim() == 2 else ""
-        return f"the labels are {labels.dtype} of shape {shape}{kind}, not integers"
-    if labels.dim() != 1:
-        kind = " (one-hot?)" if labels.dim() == 2 else ""
-        return f"the labels have shape {shape}{kind}, not ({count},)"
-    if len(labels) != count:
-        return f"the labels have shape {shape}, not ({count},) like the inputs"
+    if labels.dim() == 0 or len(labels) != count:
+        return (f"the labels have shape {tuple(labels.shape)}, not one row per input "
+                f"({count}, ...)")
     return None
 
 

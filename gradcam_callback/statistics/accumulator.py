@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from gradcam_callback.metrics import attention_scalars, top_cells
 from gradcam_callback.ops import shrink_maps, shrunk_size
+from gradcam_callback.tasks import Grouping
 
 __all__ = [
     "CONSISTENCY",
@@ -167,6 +169,7 @@ class AttentionStatistics:
     label_sums: Tensor = field(default_factory=lambda: _zeros(0))
     label_counts: Tensor = field(default_factory=lambda: _zeros(0))
     top_sums: Tensor = field(default_factory=lambda: _zeros(0))
+    top_counts: Tensor = field(default_factory=lambda: _zeros(0))
     image_sum: Tensor = field(default_factory=lambda: _zeros(0))
     count: int = 0
     layer_size: tuple[int, int] | None = None
@@ -175,16 +178,20 @@ class AttentionStatistics:
     _tops: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
     def update(self, cams: Tensor, layer_size: Sequence[int], inputs: Tensor,
-               logits: Tensor, labels: Tensor | None, masks: dict[str, Tensor]) -> None:
+               logits: Tensor, labels: Tensor | None, masks: dict[str, Tensor], *,
+               grouping: Grouping | None = None) -> None:
         """Fold in one chunk.
 
         Args:
             cams: min-max normalised maps at the inputs' size ``(N, H, W)``.
             layer_size: the layer's own ``(h, w)``.
             inputs: the model inputs ``(N, C, H, W)`` (for the mean image).
-            logits: ``(N, classes)``; the predicted class is their argmax.
-            labels: ``(N,)`` class indices or ``None``.
+            logits: ``(N, classes)``; without ``grouping``, the predicted class is their
+                argmax.
+            labels: ``(N,)`` class indices or ``None`` (read without ``grouping`` only).
             masks: named bool masks ``(N, H, W)``.
+            grouping: how the samples group (the task's: sides, labels, classes); ``None``
+                groups single-label classification outputs by argmax and ``labels``.
         """
         cams = cams.detach().float().cpu()
         self.layer_size = (int(layer_size[0]), int(layer_size[1]))
@@ -192,13 +199,15 @@ class AttentionStatistics:
         tolerance = cell_pixels(self.input_size, self.layer_size)
         for name, values in attention_scalars(cams, masks, tolerance).items():
             self._add_moments(name, values)
-        predictions = (logits.detach().float().argmax(1).cpu() if logits.dim() == 2
-                       else torch.zeros(len(cams), dtype=torch.long))  # one group
-        self._ensure_classes(logits.shape[1] if logits.dim() == 2 else 1, inputs)
+        if grouping is None:
+            grouping = _class_grouping(logits, labels)
+        predictions = grouping.predicted.long().cpu()
+        self._ensure_classes(grouping.count, inputs)
         small = shrink_maps(cams, self.map_size)
-        self._add_class_maps(small, predictions, labels)
+        self._add_class_maps(small, grouping)
         top = top_cells(small)  # no top cells for a map without evidence: it shares nothing
         self.top_sums.index_add_(0, predictions, top.double())
+        self.top_counts.index_add_(0, predictions, torch.ones(len(top), dtype=torch.float64))
         self._tops.append((top, predictions))
         images = inputs.detach().float().cpu()
         small_images = shrink_maps(images.flatten(0, 1), IMAGE_SIZE)
@@ -256,7 +265,7 @@ class AttentionStatistics:
         for name, value in zip(layout["names"], total, strict=False):
             self.moments[name] = value
         (self.prediction_sums, self.prediction_counts, self.label_sums, self.label_counts,
-         self.top_sums, self.image_sum, extra) = total[len(layout["names"]):]
+         self.top_sums, self.top_counts, self.image_sum, extra) = total[len(layout["names"]):]
         self.count, self.has_labels = int(extra[0]), bool(extra[1] > 0)
         self.moments[CONSISTENCY] = _reduce_parts([self._consistency_moments()], reduce_sum,
                                                   device)[0]
@@ -266,7 +275,7 @@ class AttentionStatistics:
         """Every sum, in the order the ranks add them up."""
         return [*(self.moments[name] for name in names), self.prediction_sums,
                 self.prediction_counts, self.label_sums, self.label_counts, self.top_sums,
-                self.image_sum,
+                self.top_counts, self.image_sum,
                 torch.tensor([float(self.count), float(self.has_labels)], dtype=torch.float64)]
 
     def result(self) -> StatisticsResult:
@@ -330,6 +339,7 @@ class AttentionStatistics:
         self.prediction_sums = grown(self.prediction_sums, (classes, *shape))
         self.label_sums = grown(self.label_sums, (classes, *shape))
         self.top_sums = grown(self.top_sums, (classes, shape[0] * shape[1]))
+        self.top_counts = grown(self.top_counts, (classes,))
         self.prediction_counts = grown(self.prediction_counts, (classes,))
         self.label_counts = grown(self.label_counts, (classes,))
         if not self.image_sum.numel():
@@ -339,16 +349,19 @@ class AttentionStatistics:
             self.layer_size = _pair(layout["layer_size"])
             self.input_size = _pair(layout["input_size"])
 
-    def _add_class_maps(self, small: Tensor, predictions: Tensor,
-                        labels: Tensor | None) -> None:
-        ones = torch.ones(len(small), dtype=torch.float64)
-        self.prediction_sums.index_add_(0, predictions, small.double())
-        self.prediction_counts.index_add_(0, predictions, ones)
-        if labels is not None:
-            labels = labels.long().cpu()
-            known = (labels >= 0) & (labels < self.num_classes)
-            self.label_sums.index_add_(0, labels[known], small[known].double())
-            self.label_counts.index_add_(0, labels[known], ones[known])
+    def _add_class_maps(self, small: Tensor, grouping: Grouping) -> None:
+        """Each sample's map into every group it belongs to (one for single-label tasks,
+        its predicted or true set for multi-label)."""
+        flat = small.double().flatten(1)
+        for members, sums, counts in ((grouping.by_prediction, self.prediction_sums,
+                                       self.prediction_counts),
+                                      (grouping.by_label, self.label_sums, self.label_counts)):
+            if members is None:
+                continue
+            weights = members.cpu().double()[:, : self.num_classes]
+            sums[: weights.shape[1]] += (weights.T @ flat).view(-1, *sums.shape[1:])
+            counts[: weights.shape[1]] += weights.sum(0)
+        if grouping.by_label is not None:
             self.has_labels = True
 
     def _consistency_moments(self) -> Tensor:
@@ -359,7 +372,7 @@ class AttentionStatistics:
         constant map); samples alone in their class are left out."""
         moments = torch.zeros(3, dtype=torch.float64)
         for top, groups in self._tops:
-            partners = self.prediction_counts[groups] - 1
+            partners = self.top_counts[groups] - 1
             cells = top.double()
             sizes = cells.sum(1)
             shared = (cells * self.top_sums[groups]).sum(1) / sizes.clamp(min=1)
@@ -401,6 +414,20 @@ def _reduce_parts(parts: Sequence[Tensor], reduce_sum: Reduce,
         out.append(total[offset : offset + tensor.numel()].view(tensor.shape))
         offset += tensor.numel()
     return out
+
+
+def _class_grouping(logits: Tensor, labels: Tensor | None) -> Grouping:
+    """Single-label classification groups: the argmax, and class-index labels."""
+    if logits.dim() == 2:
+        count, predicted = int(logits.shape[1]), logits.detach().float().argmax(1).cpu()
+    else:  # a custom output: one group
+        count, predicted = 1, torch.zeros(len(logits), dtype=torch.long)
+    by_label = None
+    if labels is not None:
+        classes = labels.long().cpu()
+        known = (classes >= 0) & (classes < count)
+        by_label = F.one_hot(classes.clamp(0, count - 1), count).bool() & known[:, None]
+    return Grouping(count, predicted, F.one_hot(predicted, count).bool(), by_label)
 
 
 def _zeros(*size: int) -> Tensor:

@@ -24,6 +24,7 @@ from gradcam_callback.statistics.accumulator import (
     StatisticsResult,
     agree,
 )
+from gradcam_callback.tasks import Grouping
 
 __all__ = ["Collectives", "ExplainChunk", "collect_statistics"]
 
@@ -92,11 +93,14 @@ def _fold(statistics: AttentionStatistics, samples: FixedSamples, explained: Exp
     """One chunk into the sums, without the samples whose outputs are not finite (the
     chunk is let go on return: memory is one chunk, not two)."""
     keep = explained.finite
+    masks = {**samples.masks, **explained.regions}  # with the regions the labels give
+    grouping = explained.grouping()
     if bool(keep.all()):  # the usual case: no copies
         statistics.update(explained.maps, explained.layer_size, samples.inputs,
-                          explained.logits, samples.labels, samples.masks)
+                          explained.logits, explained.labels, masks, grouping=grouping)
     elif bool(keep.any()):
+        kept = Grouping(grouping.count, grouping.predicted[keep], grouping.by_prediction[keep],
+                        None if grouping.by_label is None else grouping.by_label[keep])
         statistics.update(explained.maps[keep], explained.layer_size, samples.inputs[keep],
-                          explained.logits[keep],
-                          samples.labels[keep] if samples.labels is not None else None,
-                          {name: mask[keep] for name, mask in samples.masks.items()})
+                          explained.logits[keep], None,
+                          {name: mask[keep] for name, mask in masks.items()}, grouping=kept)
