@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from gradcam_callback.engine import available_methods, explain_batch, get_method
+from gradcam_callback.engine.targets import TASKS
 from gradcam_callback.engine.transforms import check_reading
 from gradcam_callback.errors import UsageError
 
@@ -39,6 +40,9 @@ examples:
   # explain the true class instead of the predicted one
   gradcam-callback explain ... --image a.png b.png --target label --labels cat dog \\
       --class-names names.txt
+
+  # a one-logit yes/no model: each image's predicted side (found without --task too)
+  gradcam-callback explain ... --image scan.png --task binary --class-names sides.txt
 
 Writes <image>_heatmap.png and <image>_overlay.png per image and grid.png with all of
 them; prints the predicted class and its probability per image. Without --layer a layer
@@ -80,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="predicted (default), label (needs --labels), a class index, or "
                               "a class name from --class-names")
     explain.add_argument("--labels", nargs="+", help="one true class per image (index or name)")
+    explain.add_argument("--task", default="auto", choices=TASKS,
+                         help="what the model is trained for (default auto: a one-logit "
+                              "output is binary, (N, C, h, w) segmentation, else multiclass); "
+                              "binary explains the predicted side, -logit for a negative one")
+    explain.add_argument("--threshold", type=float, default=0.5,
+                         help="multilabel: labels above this sigmoid are predicted (default 0.5)")
     explain.add_argument("--size", type=int, default=224,
                          help="images become SIZE x SIZE (default 224), see --resize")
     explain.add_argument("--resize", choices=RESIZE_MODES, default="crop",
@@ -129,20 +139,28 @@ def explain(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, args.model_arg, args.checkpoint, args.weights)
     targets = _targets(args, class_names, len(args.image))
+    if not 0 < args.threshold < 1:
+        raise CliError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
+    from gradcam_callback.tasks import read_task
+
     try:
         result = explain_batch(model, inputs, args.layer, targets, method=args.method,
-                               reshape_transform=reading)
+                               reshape_transform=reading, task=args.task)
+        task = read_task(args.task, result.logits.detach().cpu(), None,
+                         target="predicted" if targets is None else 0,
+                         threshold=args.threshold)
     except ValueError as error:
         raise CliError(str(error)) from None
     chosen = " (auto-detected)" if args.layer is None else ""
     print(f"layer: {result.layer_name}{chosen}: {result.reading}")
+    if args.task == "auto" and task.name != "multiclass":
+        print(f"task: {task.name} ({task.source}); pass --task to choose another")
 
     from gradcam_callback.render import (
         encode_image,
         explanation_grid,
         heatmap,
         overlay,
-        prediction_captions,
         resize_tiles,
         to_uint8,
     )
@@ -150,13 +168,18 @@ def explain(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     overlays = overlay(images, result.cams, colormap=args.colormap, alpha=args.alpha)
     heatmaps = to_uint8(heatmap(result.cams, colormap=args.colormap))
-    lines, _ = prediction_captions(result.logits.cpu(), None, class_names)
+    lines, _ = task.captions(result.logits.cpu(), None, class_names)
     for i, path in enumerate(args.image):
         (args.out / f"{path.stem}_heatmap.png").write_bytes(encode_image(heatmaps[i]))
         (args.out / f"{path.stem}_overlay.png").write_bytes(encode_image(overlays[i]))
-        if lines[i]:  # "pred: <class> <p>", printed as "predicted <class> (p=<p>)"
-            name, _, probability = lines[i][0].removeprefix("pred: ").rpartition(" ")
+        if not lines[i]:
+            continue
+        text = lines[i][0].removeprefix("pred: ")
+        if task.name in ("multiclass", "binary"):  # "<class> <p>": "predicted <class> (p=<p>)"
+            name, _, probability = text.rpartition(" ")
             print(f"{path}: predicted {name} (p={probability})")
+        else:
+            print(f"{path}: predicted {text}")
     captions = [[path.name, *lines[i]] for i, path in enumerate(args.image)]
     grid = explanation_grid(resize_tiles(images, 256),
                             [(get_method(args.method).title, result.cams)], captions,
