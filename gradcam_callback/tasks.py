@@ -349,11 +349,12 @@ class Task:
                                  "None to count every class)")
         if isinstance(target, int) and not isinstance(target, bool):
             limit = 2 if name == "binary" else self.outputs
+            if not 0 <= target < limit and name == "binary":
+                raise ValueError(f"target={target}: a binary model (output {shape}) has two "
+                                 "sides, 0 (negative) and 1 (positive)")
             if not 0 <= target < limit:
-                what = {"binary": "sides: 0 (negative), 1 (positive)"}.get(
-                    name, f"valid: 0..{limit - 1}")
                 raise ValueError(f"target class {target} is out of range for a {name} model "
-                                 f"with {self.outputs} outputs {shape} ({what})")
+                                 f"with {self.outputs} outputs {shape} (valid: 0..{limit - 1})")
         if name == "regression" and target in ("label", "both"):
             raise ValueError(f"target={target!r}: a regression output has no label side to "
                              "explain; use 'predicted' or an output index k")

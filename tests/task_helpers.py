@@ -9,17 +9,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 SIZE = 32
-STRIPES = (2, 13, 24)  # left edges of the three 6-pixel-wide stripe positions
+
+
+def _square(image, g, channel: int, side: int = 8) -> tuple[int, int]:
+    top, left = (int(v) for v in torch.randint(0, SIZE - side, (2,), generator=g))
+    image[channel, top : top + side, left : left + side] += 0.7
+    return top, left
 
 
 class TaskStripes(Dataset):
-    """32x32 noise with bright vertical stripes at up to three positions.
+    """32x32 noise with coloured squares and stripes; what they mean is the task's.
 
-    - ``binary``: one stripe, left (label 0) or right (label 1); labels float ``(1,)``.
-    - ``multilabel``: each position independently striped; multi-hot float labels ``(3,)``.
-    - ``segmentation``: one stripe at a random position, class 1 (left half) or 2 (right
-      half) by where it lies; the label is the class mask ``(H, W)`` long, 0 = background.
-    - ``regression``: one stripe whose brightness is the label ``(1,)`` float.
+    - ``binary``: positive (1) when a red 8x8 square is somewhere; labels float ``(1,)``.
+    - ``multilabel``: label k when a square of colour k (red, green, blue) is somewhere,
+      each independently; multi-hot float labels ``(3,)``.
+    - ``segmentation``: a red vertical stripe (class 1) and, in half the images, a blue
+      10x10 square (class 2); the label is the class mask ``(H, W)`` long, 0 = background.
+    - ``regression``: a grey square whose brightness is the label ``(1,)`` float.
     """
 
     def __init__(self, task: str, n: int, seed: int = 0) -> None:
@@ -28,26 +34,31 @@ class TaskStripes(Dataset):
         self.images = 0.3 * torch.rand(n, 3, SIZE, SIZE, generator=g)
         labels: list[torch.Tensor] = []
         for i in range(n):
+            image = self.images[i]
             if task == "binary":
-                side = int(torch.randint(0, 2, (1,), generator=g))
-                start = STRIPES[0] if side == 0 else STRIPES[2]
-                self.images[i, :, :, start : start + 6] += 0.7
-                labels.append(torch.tensor([float(side)]))
+                positive = bool(torch.rand(1, generator=g) < 0.5)
+                if positive:
+                    _square(image, g, 0)
+                labels.append(torch.tensor([float(positive)]))
             elif task == "multilabel":
                 present = torch.rand(3, generator=g) < 0.5
-                for k, start in enumerate(STRIPES):
+                for k in range(3):
                     if present[k]:
-                        self.images[i, :, :, start : start + 6] += 0.7
+                        _square(image, g, k)
                 labels.append(present.float())
             elif task == "segmentation":
-                start = int(torch.randint(0, SIZE - 6, (1,), generator=g))
                 mask = torch.zeros(SIZE, SIZE, dtype=torch.long)
-                mask[:, start : start + 6] = 1 if start + 3 < SIZE // 2 else 2
-                self.images[i, :, :, start : start + 6] += 0.7
+                start = int(torch.randint(0, SIZE - 6, (1,), generator=g))
+                image[0, :, start : start + 6] += 0.7
+                mask[:, start : start + 6] = 1
+                if torch.rand(1, generator=g) < 0.5:
+                    top, left = _square(image, g, 2, side=10)
+                    mask[top : top + 10, left : left + 10] = 2
                 labels.append(mask)
             else:
                 value = float(torch.rand(1, generator=g))
-                self.images[i, :, :, STRIPES[1] : STRIPES[1] + 6] += 0.3 + 0.7 * value
+                top, left = (int(v) for v in torch.randint(0, SIZE - 8, (2,), generator=g))
+                image[:, top : top + 8, left : left + 8] += 0.2 + 0.7 * value
                 labels.append(torch.tensor([value]))
         self.labels = torch.stack(labels)
 

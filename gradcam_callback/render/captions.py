@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 __all__ = ["class_name", "prediction_captions", "run_header", "sample_title"]
@@ -25,7 +24,8 @@ def prediction_captions(
     Lines: ``"true: <class>"`` when ``labels`` are given, and ``"pred: <class> <p>"`` when
     the logits are ``(N, classes)`` (``p`` the softmax probability, two decimals;
     ``"pred: output not finite"`` for NaN or infinite logits). A sample is wrong when both
-    are known and differ.
+    are known and differ. The multiclass task's captions; the other tasks' are
+    :meth:`gradcam_callback.tasks.Task.captions`.
 
     Example::
 
@@ -33,26 +33,9 @@ def prediction_captions(
         >>> prediction_captions(torch.tensor([[0.0, 2.0]]), torch.tensor([0]), ["cat", "dog"])
         ([['true: cat', 'pred: dog 0.88']], [True])
     """
-    count = logits.shape[0]
-    lines: list[list[str]] = [[] for _ in range(count)]
-    wrong = [False] * count
-    if labels is not None:
-        for i in range(count):
-            lines[i].append(f"true: {class_name(int(labels[i]), class_names)}")
-    if logits.dim() == 2:
-        scores = logits.detach().float()
-        finite = torch.isfinite(scores).all(dim=1)
-        confidence, predicted = scores.softmax(dim=1).max(dim=1)
-        for i in range(count):
-            if not finite[i]:
-                lines[i].append("pred: output not finite")
-                continue
-            lines[i].append(
-                f"pred: {class_name(int(predicted[i]), class_names)} {confidence[i].item():.2f}"
-            )
-            if labels is not None:
-                wrong[i] = int(predicted[i]) != int(labels[i])
-    return lines, wrong
+    from gradcam_callback.tasks import Task  # (tasks use class_name from here)
+
+    return Task("multiclass").captions(logits, labels, class_names)
 
 
 def sample_title(index: int, label: int | None, class_names: Sequence[str] | None = None) -> str:
