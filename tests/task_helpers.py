@@ -77,6 +77,7 @@ class LitTask(LightningModule):
 
     def __init__(self, task: str, lr: float = 0.05) -> None:
         super().__init__()
+        self.save_hyperparameters()
         self.task = task
         self.lr = lr
         self.features = nn.Sequential(

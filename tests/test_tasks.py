@@ -569,3 +569,73 @@ def test_consistency_compares_each_sample_with_its_own_group_only():
     assert result.scalars["location_consistency"] == pytest.approx(
         values[~values.isnan()].mean().item(), abs=1e-6)
     assert result.prediction_counts.tolist() == [6, 6, 6]  # class maps: every group
+
+
+def test_the_command_line_reads_a_binary_model_and_explains_each_side(tmp_path):
+    import contextlib
+
+    from gradcam_callback.cli import main
+
+    seed_everything(0)
+    model = LitTask("binary").eval()
+    data = TaskStripes("binary", 2, seed=2)
+    with torch.no_grad():  # one image each side of zero
+        z = model(data.images * 4 - 2)[:, 0]
+        model.head[2].bias -= z.mean()
+    trainer = Trainer(logger=False, **QUIET)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "binary.ckpt")
+    images = []
+    for i in range(2):
+        pixels = (data.images[i].clamp(0, 1) * 255).round().to(torch.uint8)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
+        images.append(str(tmp_path / f"{i}.png"))
+
+    def explain(out: str, *extra: str) -> str:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(["explain", "--checkpoint", str(tmp_path / "binary.ckpt"), "--model",
+                         "tests.task_helpers:LitTask", "--layer", "features", "--image", *images,
+                         "--size", "32", "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25",
+                         "0.25", "--out", str(tmp_path / out), *extra])
+        assert code == 0
+        return printed.getvalue()
+
+    def heatmap(out: str, i: int) -> np.ndarray:
+        return np.asarray(Image.open(tmp_path / out / f"{i}_heatmap.png"))
+
+    printed = explain("auto")
+    assert "task: binary (one logit per sample (2, 1)); pass --task" in printed
+    sides = ["positive" if f"{i}.png: predicted positive" in printed else "negative"
+             for i in range(2)]
+    assert sorted(sides) == ["negative", "positive"], printed
+    explain("negative", "--target", "0")
+    explain("positive", "--target", "1")
+    for i, side in enumerate(sides):  # each image is explained on its predicted side
+        assert np.array_equal(heatmap("auto", i), heatmap(side, i))
+        other = "positive" if side == "negative" else "negative"
+        assert not np.array_equal(heatmap("auto", i), heatmap(other, i))
+    assert "predicted" in explain("said", "--task", "binary")
+
+
+def test_the_grid_outlines_the_predicted_region_in_white():
+    from gradcam_callback.render import explanation_grid
+    from gradcam_callback.render.grid import region_edges
+
+    region = torch.zeros(1, 8, 8, dtype=torch.bool)
+    region[0, 2:6, 3:7] = True
+    edges = region_edges(region, (32, 32))
+    inside = torch.zeros(32, 32, dtype=torch.bool)
+    inside[8:24, 12:28] = True
+    ring = inside & ~torch.nn.functional.pad(inside[1:-1, 1:-1] & inside[:-2, 1:-1]
+                                             & inside[2:, 1:-1] & inside[1:-1, :-2]
+                                             & inside[1:-1, 2:], (1, 1, 1, 1))
+    assert torch.equal(edges[0], ring)  # one pixel wide on tiles under 128 px
+    images = torch.full((1, 3, 32, 32), 0.2)
+    maps = torch.rand(1, 32, 32)  # not empty: no "no positive evidence" note over the tile
+    plain = explanation_grid(images, [("Grad-CAM", maps)], [["x"]])
+    outlined = explanation_grid(images, [("Grad-CAM", maps)], [["x"]], outlines=region)
+    changed = (plain != outlined).any(dim=0)
+    white = (outlined == 255).all(dim=0)
+    assert int(changed.sum()) == 2 * int(ring.sum())  # on the input and on the overlay
+    assert bool(white[changed].all())
