@@ -105,10 +105,13 @@ class Observer:
         self.pictures.renderer = Renderer(options.pictures)
         if options.samples != old.samples:
             self.samples.forget()
-        same_maps = replace(options.explaining, batch_size=0) == replace(old.explaining,
-                                                                         batch_size=0)
+        # the chunk size and the multi-label threshold change no map
+        same_maps = (replace(options.explaining, batch_size=0, threshold=0.5)
+                     == replace(old.explaining, batch_size=0, threshold=0.5))
         if not same_maps:
             self.explainer.forget()
+        elif options.explaining.threshold != old.explaining.threshold:
+            self.explainer.task = None  # read again, with the new threshold
         if not same_maps or options.samples.identity() != old.samples.identity():
             self.history.clear()
 

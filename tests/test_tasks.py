@@ -639,3 +639,36 @@ def test_the_grid_outlines_the_predicted_region_in_white():
     white = (outlined == 255).all(dim=0)
     assert int(changed.sum()) == 2 * int(ring.sum())  # on the input and on the overlay
     assert bool(white[changed].all())
+
+
+def test_a_new_threshold_applies_to_the_next_run_and_keeps_the_history(tmp_path):
+    seed_everything(0)
+    model, data = LitTask("multilabel"), TaskData("multilabel", n_train=16, n_val=8)
+    callback = GradCAMCallback("features", num_samples=4, metric_samples=0,
+                               image_format="png", target="predicted")
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = Trainer(max_epochs=2, logger=logger, callbacks=[callback], **QUIET)
+    trainer.fit(model, data)
+    callback.threshold = 0.55
+    assert len(callback.history) == 2  # the maps do not change with it: the history stays
+    trainer.validate(model, data)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    with Image.open(io.BytesIO(events.Images(LAYER + "overlay")[-1].encoded_image_string)) as p:
+        grid = torch.from_numpy(np.array(p.convert("RGB"))).permute(2, 0, 1)
+    model.eval()
+    inputs = torch.stack([data.val_set[i][0] for i in range(4)])
+    with torch.no_grad():
+        out = model(inputs)
+    labels = data.val_set.labels[:4].bool()
+    tiles = [torch.zeros(4, 3, TILE, TILE, dtype=torch.uint8)] * 2
+    header = run_header(trainer.current_epoch, trainer.global_step)
+
+    def band(threshold: float) -> torch.Tensor:
+        captions, wrong = Task("multilabel", 3, threshold=threshold).captions(
+            out, labels, None, out.argmax(1))
+        drawn = annotated_grid(tiles, ["input", "Grad-CAM"], captions, wrong, header=header)
+        return drawn[:, : LINE_H + 2 * GAP + GAP + 3 * LINE_H]
+
+    assert not torch.equal(band(0.55), band(0.5))  # the data tell the two apart
+    assert torch.equal(grid[:, : band(0.55).shape[1]], band(0.55))
