@@ -38,8 +38,8 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -220,8 +220,7 @@ class _TaskLine(logging.Handler):
             self.lines.append(message)
 
 
-@dataclass
-class Result:
+class Result(NamedTuple):
     """One training run: its per-epoch rows, the callback, and the task line it logged."""
 
     name: str
@@ -230,12 +229,11 @@ class Result:
     gradcam: GradCAMCallback
     task_line: str | None
     seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def run(name: str, shortcut: bool, *, seed: int = 0, epochs: int = 3,
         out: Path = Path("binary_output"), train_size: int = TRAIN, val_size: int | None = None,
-        metric_samples: int = 256, quiet: bool = False) -> Result:
+        metric_samples: int = 256, lr: float = 3e-3, quiet: bool = False) -> Result:
     """Train one model (watermark = the label in training if ``shortcut``); the result."""
     start = time.perf_counter()
     seed_everything(seed, verbose=False)
@@ -262,7 +260,7 @@ def run(name: str, shortcut: bool, *, seed: int = 0, epochs: int = 3,
         if not quiet:
             print(f"  {'epoch':>5} {'val acc':>7} {'contra acc':>10} "
                   + " ".join(f"{k:>15}" for k in ("lift watermark", "lift digit")), flush=True)
-        trainer.fit(BinaryCNN(),
+        trainer.fit(BinaryCNN(lr),
                     DataLoader(train, batch_size=64, sampler=balanced_sampler(train.labels)),
                     DataLoader(val, batch_size=128))
     finally:

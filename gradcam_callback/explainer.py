@@ -157,7 +157,7 @@ class Explainer:
         size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
         return Explained(rows, logits, finite, layer_size, task, task_labels, explained,
                          task.regions(task_labels, explained, size),
-                         task.outlines(logits, explained, size))
+                         None if primary_only else task.outlines(logits, explained, size))
 
     def _read_task(self, logits: Tensor, labels: Tensor | None) -> Task:
         options = self.options

@@ -364,9 +364,12 @@ class Task:
 
     def names(self, class_names: Sequence[str] | None) -> Sequence[str] | None:
         """The names of the groups: ``class_names``; a binary model's sides are
-        ``negative``, ``positive`` unless ``class_names`` has two names."""
+        ``negative``, ``positive`` unless ``class_names`` has two names; a regression's one
+        group is ``all samples``."""
         if self.name == "binary" and (class_names is None or len(class_names) != 2):
             return BINARY_NAMES
+        if self.name == "regression":
+            return ("all samples",)
         return class_names
 
     def captions(self, logits: Tensor, labels: Tensor | None,
