@@ -76,13 +76,38 @@ class Explained:
 
 _EXPLAINS = {
     ("multiclass", "predicted"): "each sample's top class",
+    ("multiclass", "label"): "each sample's true class",
+    ("multiclass", "k"): "class {k} for every sample",
     ("multilabel", "predicted"): "each sample's top-scoring label",
+    ("multilabel", "label"): "each sample's top-scoring true label",
+    ("multilabel", "k"): "label {k} for every sample",
     ("binary", "predicted"): "each sample's predicted side (+logit if positive, -logit if "
                              "negative)",
+    ("binary", "label"): "each sample's true side (+logit if positive, -logit if negative)",
+    ("binary", "k"): "side {k} for every sample ({sign}logit)",
     ("segmentation", "predicted"): "each sample's most frequent predicted class (background "
                                    "aside), its logits summed over the pixels predicted as it",
+    ("segmentation", "label"): "each sample's most frequent labelled class (background "
+                               "aside), its logits summed over its labelled pixels",
+    ("segmentation", "k"): "class {k}, its logits summed over the pixels predicted as it",
     ("regression", "predicted"): "the output",
+    ("regression", "k"): "output {k}",
 }
+
+
+def explains(task: str, target: object) -> str | None:
+    """What a target explains for a task, in words (the info line); ``None`` for a
+    callable target."""
+    if callable(target) and not isinstance(target, str):
+        return None
+    if target == "both":
+        first, second = explains(task, "predicted"), explains(task, "label")
+        return f"{first} (row 'predicted') and {second} (row 'label')"
+    if isinstance(target, int):
+        words = _EXPLAINS.get((task, "k"))
+        return None if words is None else words.format(k=target,
+                                                       sign="+" if target == 1 else "-")
+    return _EXPLAINS.get((task, str(target)))
 
 
 @dataclass
@@ -142,7 +167,7 @@ class Explainer:
             first, logits, layer_size = self._maps(model, inputs,
                                                    task.target(primary, task_labels, note),
                                                    task.name)
-        finite = torch.isfinite(logits.float().flatten(1)).all(dim=1)
+        finite = torch.isfinite(logits.float().reshape(len(logits), -1)).all(dim=1)
         title = get_method(self.options.method).title
         if target != "both" or primary_only:
             rows = [(title + (" (label)" if target == "label" else ""), first)]
@@ -164,10 +189,10 @@ class Explainer:
         task = read_task(options.task, logits, labels, target=options.target,
                          threshold=options.threshold, background=options.background)
         self.task = task
-        primary = "predicted" if options.target == "both" else options.target
-        what = _EXPLAINS.get((task.name, str(primary)))
+        what = explains(task.name, options.target)
         self.notices.info_once("task", f"GradCAMCallback: {task.describe()}"
-                               + (f"; target={primary!r} explains {what}" if what else ""))
+                               + (f"; target={options.target!r} explains {what}" if what
+                                  else ""))
         return task
 
     def _maps(self, model: nn.Module, inputs: Tensor, targets: TargetSpec, task: str

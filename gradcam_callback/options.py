@@ -185,8 +185,7 @@ def validated_options(**options: Any) -> CallbackOptions:
         "method": get_method(o["method"]).name,
         "target": check_target(o["target"]),
         "task": check_task(o["task"]),
-        "threshold": _checks.check_float("threshold", o["threshold"], minimum=0.0,
-                                         maximum=1.0, exclusive_minimum=True),
+        "threshold": _check_threshold(o["threshold"]),
         "background": _checks.check_int("background", o["background"], minimum=0,
                                         allow_none=True),
         "sample_indices": _checks.check_int_sequence("sample_indices", o["sample_indices"]),
@@ -221,9 +220,6 @@ def validated_options(**options: Any) -> CallbackOptions:
         "alarms": dict(alarms) if alarms else {},
         "alarm_action": _checks.check_choice("alarm_action", o["alarm_action"], ALARM_ACTIONS),
     }
-    if flat["threshold"] == 1.0:
-        raise ValueError(f"threshold={flat['threshold']!r}: a multi-label threshold must be "
-                         "strictly between 0 and 1 (e.g. 0.5)")
     names = flat["class_names"]
     if flat["task"] == "binary" and names is not None and len(names) != 2:
         raise ValueError(f"class_names={list(names)!r} with task='binary': a binary model has "
@@ -278,6 +274,16 @@ def check_target(target: object) -> Target:
         f"target={target!r}: valid targets are 'predicted', 'label', 'both', a class index "
         ">= 0, or a callable logits -> (N,) scores"
     )
+
+
+def _check_threshold(value: object) -> float:
+    """``threshold``: a number strictly between 0 and 1."""
+    number = _checks.check_float("threshold", value)
+    assert number is not None
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"threshold={number!r}: a multi-label threshold must be strictly "
+                         "between 0 and 1 (e.g. 0.5)")
+    return number
 
 
 def _tuple(values: Any) -> tuple[Any, ...] | None:

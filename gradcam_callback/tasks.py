@@ -93,6 +93,14 @@ def _zero_one(labels: Tensor) -> bool:
     return bool(((values == 0) | (values == 1)).all())
 
 
+def _unit(labels: Tensor) -> bool:
+    """Whether every label is a number in [0, 1] (a probability, a smoothed 0/1)."""
+    if labels.dtype == torch.bool or labels.dtype.is_complex or not labels.numel():
+        return False
+    values = labels.detach().float()
+    return bool(((values >= 0) & (values <= 1)).all())
+
+
 def _integral(labels: Tensor) -> bool:
     if labels.dtype == torch.bool or labels.dtype.is_complex:
         return False
@@ -123,10 +131,11 @@ def read_task(task: str, logits: Tensor, labels: Tensor | None, *, target: objec
             or ``background`` that does not fit it; each message names the argument, what
             was found and what would fit.
     """
-    source = f"task={task!r}"
+    source, said = f"task={task!r}", task != "auto"
     if task == "auto":
         task, source = _auto(logits, labels)
-    found = Task(task, _outputs(task, logits), threshold, background, source)
+    found = Task(task, _outputs(task, logits), threshold, background, source,
+                 soft_labels=said)
     found.check(logits, labels, target)
     return found
 
@@ -171,6 +180,8 @@ class Task:
     threshold: float = 0.5
     background: int | None = 0
     source: str = ""
+    soft_labels: bool = False
+    """binary: read labels in [0, 1] by their side (``task="binary"`` said so)."""
 
     # -- what is explained ------------------------------------------------------------
 
@@ -268,8 +279,8 @@ class Task:
                 return None, (f"the labels are {labels.dtype} {_shape(labels)}, not class "
                               "indices: return (inputs, class indices) from batch_to_input")
             return labels.long(), None
-        if name == "binary":
-            return labels.reshape(len(labels)).long(), None
+        if name == "binary":  # (soft labels, with task='binary': their side)
+            return (labels.reshape(len(labels)).float() >= 0.5).long(), None
         if name == "multilabel":
             return labels.bool(), None
         if name == "segmentation":
@@ -292,11 +303,13 @@ class Task:
                 hint = (" (multi-hot: task='multilabel')" if labels.dim() == 2 else "")
                 return (f"task='binary' needs one 0/1 label per sample, ({n},) or ({n}, 1); "
                         f"the labels have shape {shape}{hint}")
-            if not _zero_one(labels):
-                values = sorted({float(v) for v in labels.flatten()[:64].tolist()})[:6]
-                return (f"task='binary' needs 0/1 labels, got values {values} (class "
-                        "indices of more classes are task='multiclass'; continuous targets "
-                        "task='regression')")
+            if not _zero_one(labels) and not (self.soft_labels and _unit(labels)):
+                values = sorted({round(float(v), 4) for v in labels.flatten()[:64].tolist()})[:6]
+                soft = (" pass task='binary' to read soft labels in [0, 1] (label smoothing) "
+                        "as their side (>= 0.5);" if _unit(labels) else "")
+                return (f"task='binary' needs 0/1 labels, got values {values}:{soft} class "
+                        "indices of more classes are task='multiclass', continuous targets "
+                        "task='regression'")
             return None
         if name == "multilabel":
             if labels.dim() != 2 or labels.shape[1] != self.outputs or not _zero_one(labels):
@@ -335,6 +348,10 @@ class Task:
             raise ValueError(f"task='binary' needs one logit per sample, (N,) or (N, 1); the "
                              f"model outputs {shape} (two-logit softmax models are "
                              "task='multiclass')")
+        if (name in ("multiclass", "multilabel") and not custom and logits.dim() == 2
+                and logits.shape[1] == 1):
+            raise ValueError(f"task={name!r} on a one-logit output {shape}: a softmax over one "
+                             "logit is always 1; a one-logit model is task='binary'")
         if name in ("multiclass", "multilabel") and logits.dim() != 2 and not custom:
             raise ValueError(f"task={name!r} needs an output (N, classes); the model outputs "
                              f"{shape}" + (" (per-pixel: task='segmentation')"
@@ -402,6 +419,8 @@ class Task:
                 k = int(explained[i])
                 lines[i].append(f"map: {class_name(k, names)} "
                                 f"{float(scores[i, k].sigmoid()):.2f}")
+            if self.name == "regression" and self.outputs > 1 and explained is not None:
+                lines[i].append(f"map: output {int(explained[i])}")
         return lines, wrong
 
     def _true_text(self, label: Tensor, names: Sequence[str] | None) -> str:

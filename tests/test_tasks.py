@@ -382,7 +382,11 @@ def test_read_task_reads_the_output_and_the_labels():
 
 
 @pytest.mark.parametrize(("options", "error", "match"), [
-    ({"threshold": 0.0}, ValueError, r"^threshold=0\.0: must be a finite number > 0\.0"),
+    ({"threshold": 0.0}, ValueError, r"^threshold=0\.0: a multi-label threshold must be "
+                                     r"strictly between 0 and 1"),
+    ({"threshold": 1.5}, ValueError, r"^threshold=1\.5: a multi-label threshold must be "
+                                     r"strictly between 0 and 1"),
+    ({"threshold": "high"}, TypeError, r"^threshold='high': must be a finite number"),
     ({"threshold": 1.0}, ValueError, r"^threshold=1\.0: a multi-label threshold must be "
                                      r"strictly between 0 and 1"),
     ({"task": "detection"}, ValueError, r"^task='detection': valid tasks are 'auto', "),
@@ -457,9 +461,12 @@ def test_regression_explains_output_k_and_shows_values(tmp_path):
     explained = explainer.explain(model, x, data.val_set.labels[:4])
     expected = from_scratch_gradcam(model, x, lambda out: out[:, 1])
     torch.testing.assert_close(explained.maps, expected, atol=1e-4, rtol=0)
-    lines, wrong = explained.task.captions(explained.logits, explained.labels, None)
+    lines, wrong = explained.task.captions(explained.logits, explained.labels, None,
+                                           explained.explained)
     assert lines[0][0] == f"true: {float(data.val_set.labels[0, 0]):.3g}"
-    assert lines[0][1].startswith("pred: ") and wrong == [False] * 4
+    out = explained.logits[0]
+    assert lines[0][1] == f"pred: {float(out[0]):.3g}, {float(out[1]):.3g}"
+    assert lines[0][2] == "map: output 1" and wrong == [False] * 4
     with pytest.raises(ValueError, match=r"2 outputs per sample .* pass target=k"):
         Explainer(ExplainOptions(target_layer="features", task="regression")).explain(model, x)
 
@@ -672,3 +679,93 @@ def test_a_new_threshold_applies_to_the_next_run_and_keeps_the_history(tmp_path)
 
     assert not torch.equal(band(0.55), band(0.5))  # the data tell the two apart
     assert torch.equal(grid[:, : band(0.55).shape[1]], band(0.55))
+
+
+class Squeezed(LitTask):
+    """A binary model whose forward returns (N,), trained on float labels (N,)."""
+
+    def forward(self, x):
+        return super().forward(x)[:, 0]
+
+    def loss(self, batch):
+        x, y = batch
+        return nn.functional.binary_cross_entropy_with_logits(self(x), y[:, 0])
+
+
+def test_a_squeezed_binary_output_runs_like_a_one_logit_column(tmp_path):
+    seed_everything(0)
+    model, data = Squeezed("binary"), TaskData("binary", n_train=32, n_val=8)
+    callback = GradCAMCallback("features", num_samples=4, metric_samples=8, target="both")
+    trainer = Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path,
+                      callbacks=[callback], **QUIET)
+    trainer.fit(model, data)
+    assert len(callback.history) == 1 and callback.last_statistics.count == 8
+    model.eval()
+    shown = torch.stack([data.val_set[i][0] for i in range(4)])
+    expected = from_scratch_gradcam(model, shown, lambda z: torch.where(z >= 0, z, -z))
+    torch.testing.assert_close(callback.history.maps[-1], expected.half().float(), atol=3e-3,
+                               rtol=0)
+
+
+def test_soft_binary_labels_need_task_binary_said_and_then_read_by_their_side():
+    smoothed = torch.tensor([[0.05], [0.95], [0.95], [0.05]])
+    with pytest.raises(ValueError, match=r"pass task='binary' to read soft labels in \[0, 1\]"):
+        read_task("auto", torch.zeros(4, 1), smoothed, target="predicted")
+    task = read_task("binary", torch.zeros(4, 1), smoothed, target="label")
+    assert task.labels(smoothed)[0].tolist() == [0, 1, 1, 0]
+    with pytest.raises(ValueError, match=r"needs 0/1 labels, got values \[-1\.0, 2\.0\]: "
+                                         r"class indices"):
+        read_task("binary", torch.zeros(2, 1), torch.tensor([-1.0, 2.0]), target="predicted")
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_a_one_logit_model_said_multiclass_or_multilabel_fails(task):
+    with pytest.raises(ValueError, match=rf"task='{task}' on a one-logit output \(4, 1\): .* "
+                                         r"is task='binary'"):
+        read_task(task, torch.zeros(4, 1), None, target="predicted")
+
+
+def test_a_segmentation_models_layer_is_its_features_not_its_logit_maps():
+    from gradcam_callback import explain_batch
+
+    torch.manual_seed(0)
+    assert explain_batch(LitTask("segmentation"), torch.randn(2, 3, 32, 32),
+                         None).layer_name == "features"
+
+    class Wrapped(nn.Module):  # the logit maps are the last spatial output of two modules
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(8, 3, 1))
+
+        def forward(self, x):
+            return self.net(x)
+
+    assert explain_batch(Wrapped(), torch.randn(2, 3, 16, 16), None).layer_name == "net.1"
+    # a classifier's choice is unchanged: its output is not spatial
+    assert explain_batch(LitTask("binary"), torch.randn(2, 3, 32, 32),
+                         None).layer_name == "features"
+
+
+def test_a_long_list_in_a_caption_wraps_after_its_commas():
+    tiles = [torch.zeros(1, 3, 128, 128, dtype=torch.uint8)]
+    long = annotated_grid(tiles, ["input"], [["pred: red 0.71, green 0.62, blue 0.55"]])
+    wrapped = annotated_grid(tiles, ["input"], [["pred: red 0.71,", "  green 0.62,",
+                                                 "  blue 0.55"]])
+    assert torch.equal(long, wrapped)
+    short = annotated_grid(tiles, ["input"], [["pred: red 0.71"]])
+    assert short.shape[1] == long.shape[1] - 2 * LINE_H  # a line that fits stays one
+
+
+@pytest.mark.parametrize(("task", "target", "words"), [
+    ("binary", "both", "each sample's predicted side (+logit if positive, -logit if negative) "
+                       "(row 'predicted') and each sample's true side (+logit if positive, "
+                       "-logit if negative) (row 'label')"),
+    ("binary", 0, "side 0 for every sample (-logit)"),
+    ("multilabel", "label", "each sample's top-scoring true label"),
+    ("regression", 1, "output 1"),
+])
+def test_the_info_line_says_what_the_target_explains(task, target, words):
+    from gradcam_callback.explainer import explains
+
+    assert explains(task, target) == words

@@ -44,6 +44,7 @@ from gradcam_callback.engine.targets import (
     OutputTransform,
     TargetSpec,
     logits_from_output,
+    output_task,
     select_scores,
 )
 from gradcam_callback.engine.transforms import LayoutHints, Reading, read_layer_output
@@ -303,6 +304,11 @@ def choose_layer(
             continue  # not maps of the input, or ambiguous: not chosen automatically
         if reading.grid[0] * reading.grid[1] > 1:
             candidates.append((name, out, reading))
+    classes = _segmentation_classes(output, output_transform, task)
+    if classes is not None:  # a segmentation model: not its logit maps (the map of a class
+        # would be that class's own logits), but the features they are computed from
+        features = [c for c in candidates if int(c[2](c[1]).shape[1]) != classes]
+        candidates = features or candidates
     if not candidates:
         seen = ", ".join(
             f"{n}: {tuple(o.shape)}" for n, (_, _, o, _) in in_order[-3:] if isinstance(o, Tensor)
@@ -314,6 +320,19 @@ def choose_layer(
             "(N, C, h, w)> if its layout is another one."
         )
     return _first_reached(candidates, output, targets, output_transform, task)
+
+
+def _segmentation_classes(output: Any, output_transform: OutputTransform | None,
+                          task: str) -> int | None:
+    """The number of classes of a segmentation model's output, or ``None`` for the others
+    (or an output no task reads)."""
+    try:
+        logits = logits_from_output(output, output_transform)
+        if output_task(task, logits) != "segmentation" or logits.dim() != 4:
+            return None
+    except (TypeError, ValueError):
+        return None
+    return int(logits.shape[1])
 
 
 def _is_candidate_output(output: object, batch: int, inputs_differ: bool) -> bool:

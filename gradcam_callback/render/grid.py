@@ -83,9 +83,10 @@ def annotated_grid(
         font_size = max(MIN_FONT, tile_w // 12)
     font = _font(font_size)
     line_h = font_size + 4
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    captions = [_wrap_list(lines, tile_w, font, measure) for lines in captions]
     header_h = 0 if not header else line_h + 2 * GAP
     caption_h = header_h + GAP + line_h * max((len(c) for c in captions), default=0)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     title_w = GAP * 2 + max(int(measure.textlength(t, font=font)) for t in row_titles)
     col_w = tile_w + 2 * GAP
     width = title_w + count * col_w
@@ -204,6 +205,28 @@ def _fit(text: str, width: int, font: Font, draw: ImageDraw.ImageDraw) -> str:
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
+
+
+def _wrap_list(lines: Sequence[str], width: int, font: Font,
+               draw: ImageDraw.ImageDraw) -> list[str]:
+    """Caption lines, a line listing items (``"pred: a 0.91, b 0.62"``) that is too wide
+    broken after its commas into indented continuation lines; others as they are (cut
+    with an ellipsis when drawn)."""
+    wrapped: list[str] = []
+    for line in lines:
+        if ", " not in line or draw.textlength(line, font=font) <= width:
+            wrapped.append(line)
+            continue
+        parts = line.split(", ")
+        current = parts[0]
+        for part in parts[1:]:
+            if draw.textlength(f"{current}, {part}", font=font) <= width:
+                current = f"{current}, {part}"
+            else:
+                wrapped.append(current + ",")
+                current = f"  {part}"
+        wrapped.append(current)
+    return wrapped
 
 
 def _wrap(text: str, width: int, font: Font, draw: ImageDraw.ImageDraw) -> str:
