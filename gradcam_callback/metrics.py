@@ -63,6 +63,7 @@ __all__ = [
     "attention_drift",
     "attention_scalars",
     "border_energy",
+    "border_frame",
     "border_lift",
     "border_mask",
     "energy_in_mask",
@@ -97,7 +98,7 @@ def attention_drift(previous: Tensor, current: Tensor) -> Tensor:
             f"previous and current need the same number of maps, got {previous.shape[0]} "
             f"and {current.shape[0]}"
         )
-    previous = resize_maps(previous.float(), current.shape[-2:])
+    previous = resize_maps(previous.float(), current.shape[1:])
     p, c = previous.flatten(1).float(), current.flatten(1).float()
     p_norm, c_norm = p.norm(dim=1), c.norm(dim=1)
     both = (p_norm > 0) & (c_norm > 0)
@@ -175,15 +176,19 @@ def pointing_game(cams: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
     if tolerance < 0:
         raise ValueError(f"tolerance={tolerance}: must be an int >= 0 (pixels)")
     region = _region(masks, cams)
-    height, width = cams.shape[-2:]
     flat = cams.flatten(1)
     peak = flat.argmax(dim=1)
     if tolerance:
-        # only the peak's (2t+1)^2 neighbourhood is looked at: a row band and a column band
-        # around it, crossed (no dilation of the whole mask)
-        rows = (torch.arange(height, device=cams.device) - (peak // width).unsqueeze(1)).abs()
-        cols = (torch.arange(width, device=cams.device) - (peak % width).unsqueeze(1)).abs()
-        near = (rows <= tolerance).unsqueeze(2) & (cols <= tolerance).unsqueeze(1)
+        # only the peak's (2t+1)^d neighbourhood is looked at: a band around it along each
+        # axis, crossed (no dilation of the whole mask)
+        sizes = cams.shape[1:]
+        coordinates = torch.unravel_index(peak, tuple(sizes))
+        near = torch.ones_like(region)
+        for axis, (size, at) in enumerate(zip(sizes, coordinates, strict=True)):
+            band = (torch.arange(size, device=cams.device) - at.unsqueeze(1)).abs() <= tolerance
+            shape = [len(cams)] + [1] * len(sizes)
+            shape[axis + 1] = size
+            near = near & band.view(shape)
         hit = (region & near).flatten(1).any(dim=1)
     else:
         hit = region.flatten(1).gather(1, peak.unsqueeze(1)).squeeze(1)
@@ -193,26 +198,38 @@ def pointing_game(cams: Tensor, masks: Tensor, tolerance: int = 0) -> Tensor:
 def border_mask(height: int, width: int, fraction: float = 0.1,
                 device: torch.device | str = "cpu") -> Tensor:
     """Bool ``(height, width)``: True in the outer ``fraction`` of each side (at least 1 px)."""
+    return border_frame((height, width), fraction, device)
+
+
+def border_frame(size: tuple[int, ...] | torch.Size, fraction: float = 0.1,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """Bool of ``size`` (``(h, w)``; ``(t,)`` for a signal, ``(d, h, w)`` for a volume):
+    True in the outer ``fraction`` along each axis (at least 1 px at each end).
+
+    Example::
+
+        >>> border_frame((10,)).int().tolist()
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    """
     if not 0.0 < fraction < 0.5:
         raise ValueError(f"fraction must be in (0, 0.5), got {fraction!r}")
-    rows, cols = max(1, round(height * fraction)), max(1, round(width * fraction))
-    frame = torch.ones(height, width, dtype=torch.bool, device=device)
-    frame[rows : height - rows, cols : width - cols] = False
+    sides = tuple(int(side) for side in size)
+    frame = torch.ones(*sides, dtype=torch.bool, device=device)
+    frame[tuple(slice(max(1, round(side * fraction)), side - max(1, round(side * fraction)))
+                for side in sides)] = False
     return frame
 
 
 def border_energy(cams: Tensor, fraction: float = 0.1) -> Tensor:
     """Per-sample share of CAM mass in the outer ``fraction`` frame of the image."""
     _check_maps(cams, "cams")
-    height, width = cams.shape[-2:]
-    return energy_in_mask(cams, border_mask(height, width, fraction, device=cams.device))
+    return energy_in_mask(cams, border_frame(cams.shape[1:], fraction, cams.device))
 
 
 def border_lift(cams: Tensor, fraction: float = 0.1) -> Tensor:
     """Per-sample :func:`border_energy` divided by the frame's area share (1.0 = uniform)."""
     _check_maps(cams, "cams")
-    height, width = cams.shape[-2:]
-    return lift(cams, border_mask(height, width, fraction, device=cams.device))
+    return lift(cams, border_frame(cams.shape[1:], fraction, cams.device))
 
 
 def location_consistency(maps: Tensor, groups: Tensor | None = None,
@@ -312,22 +329,26 @@ def attention_scalars(cams: Tensor, masks: dict[str, Tensor] | None = None,
 
 
 def _region(masks: Tensor, cams: Tensor) -> Tensor:
-    """``masks`` as float ``(N, H, W)`` at the maps' size."""
-    if masks.dim() == 2:
-        masks = masks.unsqueeze(0).expand(cams.shape[0], -1, -1)
-    if masks.dim() != 3 or masks.shape[0] != cams.shape[0]:
+    """``masks`` as bool ``(N, *S)`` at the maps' size (nearest)."""
+    one_for_all = masks.dim() == cams.dim() - 1 and (
+        cams.dim() == 3 or tuple(masks.shape) == tuple(cams.shape[1:]))
+    if one_for_all:  # (an image mask of any size; a signal's or volume's of the maps' size)
+        masks = masks.unsqueeze(0).expand(cams.shape[0], *masks.shape)
+    if masks.dim() != cams.dim() or masks.shape[0] != cams.shape[0]:
+        want = {2: "(N, T)", 3: "(N, H, W)", 4: "(N, D, H, W)"}[cams.dim()]
         raise ValueError(
-            f"masks must be (N, H, W) with N = {cams.shape[0]} (or one (H, W) mask for all), "
-            f"got {tuple(masks.shape)}"
+            f"masks must be {want} with N = {cams.shape[0]} (or one {want[4:-1] or 'mask'} "
+            f"for all), the maps' rank, got {tuple(masks.shape)}"
         )
     region = masks.to(device=cams.device, dtype=torch.float32)
-    if region.shape[-2:] != cams.shape[-2:]:
-        region = F.interpolate(region.unsqueeze(1), size=cams.shape[-2:], mode="nearest")
+    if region.shape[1:] != cams.shape[1:]:
+        region = F.interpolate(region.unsqueeze(1), size=cams.shape[1:], mode="nearest")
         region = region.squeeze(1)
     return region > 0.5
 
 
 def _check_maps(maps: Tensor, name: str) -> None:
-    if not isinstance(maps, Tensor) or maps.dim() != 3:
+    if not isinstance(maps, Tensor) or maps.dim() not in (2, 3, 4):
         shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
-        raise ValueError(f"{name} must be maps (N, H, W), got {shape}")
+        raise ValueError(f"{name} must be maps (N, H, W) (or (N, T), (N, D, H, W)), got "
+                         f"{shape}")

@@ -141,6 +141,8 @@ def test_bad_options_get_clear_errors(tiny_cnn, images, kwargs, error, pattern):
     ("inputs", "error", "pattern"),
     [
         (torch.zeros(3, 32, 32), ValueError, r"\(N, C, H, W\).*got shape \(3, 32, 32\).*unsqueeze"),
+        (torch.zeros(1, 3, 4, 32, 32), ValueError, r"batch of images \(N, C, H, W\) for a model "
+                                                   r"whose first convolution is a Conv2d"),
         (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), TypeError, "floating point, got .*uint8"),
         ([[0.0]], TypeError, r"must be a tensor.*got list"),
     ],

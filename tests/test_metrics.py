@@ -86,7 +86,9 @@ def test_uniform_map_scores_its_area():
     ("call", "pattern"),
     [
         (lambda: attention_drift(torch.zeros(2, 3, 3), torch.zeros(3, 3, 3)), "same number"),
-        (lambda: energy_in_mask(torch.zeros(3, 3), torch.zeros(3, 3)), r"cams must be maps"),
+        (lambda: energy_in_mask(torch.zeros(3), torch.zeros(3)), r"cams must be maps"),
+        (lambda: energy_in_mask(torch.zeros(2, 4, 4, 4), torch.zeros(2, 4, 4)),
+         r"masks must be \(N, D, H, W\) with N = 2 .* the maps' rank, got \(2, 4, 4\)"),
         (lambda: energy_in_mask(torch.zeros(2, 3, 3), torch.zeros(3, 3, 3)),
          r"masks must be \(N, H, W\) with N = 2"),
         (lambda: border_mask(10, 10, 0.6), r"fraction must be in \(0, 0.5\), got 0.6"),
@@ -105,3 +107,25 @@ def test_the_border_is_at_least_one_pixel_wide(size, fraction):
     assert torch.equal(frame, expected)
     assert torch.equal(border_mask(20, 10, 0.1)[2:-2, 1:-1], torch.zeros(16, 8, dtype=torch.bool))
     assert border_mask(20, 10, 0.1).sum() == 20 * 10 - 16 * 8
+
+
+def test_the_region_numbers_on_signals_and_volumes_are_their_formulas():
+    from gradcam_callback.metrics import border_frame, border_lift, lift, pointing_game
+
+    signal = torch.zeros(2, 20)
+    signal[0, 5:7] = 1.0  # all mass in a 10% window
+    window = torch.zeros(2, 20, dtype=torch.bool)
+    window[:, 4:8] = True  # 20% of the signal
+    assert lift(signal, window).tolist() == pytest.approx([5.0, 0.0])
+    assert border_frame((20,)).int().tolist() == [1, 1] + [0] * 16 + [1, 1]
+    assert border_lift(torch.ones(1, 20)).tolist() == pytest.approx([1.0])
+    volume = torch.zeros(1, 10, 10, 10)
+    volume[0, 0, 0, 0] = 1.0
+    frame = border_frame((10, 10, 10))
+    assert frame.float().mean().item() == pytest.approx(1 - 0.8**3)  # 1 px of 10 each end
+    assert border_lift(volume).item() == pytest.approx(1 / (1 - 0.8**3))
+    cube = torch.zeros(1, 10, 10, 10, dtype=torch.bool)
+    cube[0, 2:4, 2:4, 2:4] = True
+    assert not pointing_game(volume, cube).item()
+    assert not pointing_game(volume, cube, tolerance=1).item()
+    assert pointing_game(volume, cube, tolerance=2).item()  # (0,0,0) is 2 from (2,2,2)

@@ -53,7 +53,7 @@ from gradcam_callback.engine.transforms import (
 from gradcam_callback.ops import min_max, resize_maps
 
 CamMethodName = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
-OutputSize = Literal["input"] | None | tuple[int, int]
+OutputSize = Literal["input"] | None | tuple[int, ...]
 
 __all__ = ["CamMethodName", "Explanation", "compute_cam", "explain_batch"]
 
@@ -198,11 +198,12 @@ def explain_batch(
     check_task(task)  # an unknown word fails before any forward
     spec = check_reading(reshape_transform)
     _check_inputs(inputs)
-    _check_output_size(output_size)
+    _check_rank(model, inputs)
+    _check_output_size(output_size, inputs.dim() - 2)
     batch_size = _check_batch_size(batch_size, len(inputs))
     model = unwrap_compiled(model)
     x = _to_model(inputs, model)
-    size = inputs.shape[-2:] if output_size == "input" else output_size
+    size = inputs.shape[2:] if output_size == "input" else output_size
 
     with preserved_rng_state(x.device), eval_mode(model), torch.inference_mode(False):
         if x.is_inference():
@@ -261,7 +262,7 @@ def _explain_chunk(model: nn.Module, x: Tensor, layer: nn.Module, layer_name: st
             else None
         )
     with torch.autocast(x.device.type, enabled=False):
-        cams = _maps(cam_method, captured.activation, grads, reading, layer_name)
+        cams = _maps(cam_method, captured.activation, grads, reading, layer_name, x.dim())
     return cams, logits.detach(), reading
 
 
@@ -269,12 +270,12 @@ def _read(model: nn.Module, x: Tensor, activation: Tensor, spec: str | ReshapeTr
           layer: nn.Module, layer_name: str) -> Reading:
     """How to read the layer's output; for token layouts that fit the input more than one
     way, what one more forward shows about the model's layouts decides."""
-    size = (x.shape[-2], x.shape[-1])
+    size = tuple(x.shape[2:])
     try:
         return read_layer_output(activation, size, spec, layer_name=layer_name, module=layer,
                                  batch=len(x))
     except AmbiguousReading:
-        if activation.dim() != 3:
+        if activation.dim() != 3 or len(size) != 2:
             raise
     return read_layer_output(activation, size, spec, layer_name=layer_name, module=layer,
                              batch=len(x), hints=probe_layout_hints(model, x))
@@ -324,14 +325,16 @@ def _maps(
     grads: Tensor | None,
     reading: Reading,
     layer_name: str,
+    input_dims: int = 4,
 ) -> Tensor:
     acts = reading(activation.detach())
     grads = reading(grads) if grads is not None else None
-    if acts.dim() != 4:
+    if acts.dim() != input_dims:
+        want = {3: "(N, C, t)", 4: "(N, C, h, w)", 5: "(N, C, d, h, w)"}[input_dims]
         raise ValueError(
             f"layer {layer_name!r} outputs shape {tuple(activation.shape)} "
             f"({tuple(acts.shape)} after reshape_transform); CAM methods need spatial maps "
-            "(N, C, h, w): make reshape_transform return them, or pass "
+            f"{want} of the input's rank: make reshape_transform return them, or pass "
             "reshape_transform='auto'"
         )
     acts = acts.float()
@@ -340,7 +343,7 @@ def _maps(
     finite = torch.isfinite(acts).flatten(1).all(dim=1)
     if grads is not None:
         finite &= torch.isfinite(grads).flatten(1).all(dim=1)
-    keep = finite.view(-1, 1, 1, 1)
+    keep = finite.view(-1, *([1] * (acts.dim() - 1)))
     acts = torch.where(keep, acts, 0.0)
     grads = torch.where(keep, grads, 0.0) if grads is not None else None
 
@@ -354,17 +357,18 @@ def _maps(
             RuntimeWarning,
             stacklevel=4,
         )
-        cams = torch.where(finite.view(-1, 1, 1), cams, 0.0)
+        cams = torch.where(finite.view(-1, *([1] * (cams.dim() - 1))), cams, 0.0)
     return cams
 
 
 def _check_inputs(inputs: object) -> None:
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs must be a tensor (N, C, H, W), got {type(inputs).__name__}")
-    if inputs.dim() != 4 or inputs.shape[0] < 1:
+    if inputs.dim() not in (3, 4, 5) or inputs.shape[0] < 1:
         raise ValueError(
-            f"inputs must be a batch of images (N, C, H, W) with N >= 1, got shape "
-            f"{tuple(inputs.shape)}; for a single image use image.unsqueeze(0)"
+            f"inputs must be a batch of signals (N, C, T), images (N, C, H, W) or volumes "
+            f"(N, C, D, H, W) with N >= 1, got shape {tuple(inputs.shape)}; for a single "
+            "sample use sample.unsqueeze(0)"
         )
     if not inputs.dtype.is_floating_point:
         raise TypeError(
@@ -373,18 +377,40 @@ def _check_inputs(inputs: object) -> None:
         )
 
 
-def _check_output_size(output_size: object) -> None:
+_KINDS = {3: "signals (N, C, T)", 4: "images (N, C, H, W)", 5: "volumes (N, C, D, H, W)"}
+_CONVOLUTIONS = ((nn.Conv1d, 3), (nn.Conv2d, 4), (nn.Conv3d, 5))
+
+
+def _check_rank(model: nn.Module, inputs: Tensor) -> None:
+    """Inputs of the rank the model's first convolution takes (when it has one): a single
+    image ``(C, H, W)`` fed to an image model is not read as a batch of signals."""
+    for module in model.modules():
+        for kind, dims in _CONVOLUTIONS:
+            if isinstance(module, kind):
+                if inputs.dim() != dims:
+                    single = (" (one sample? use sample.unsqueeze(0))"
+                              if inputs.dim() == dims - 1 else "")
+                    raise ValueError(
+                        f"inputs must be a batch of {_KINDS[dims]} for a model whose first "
+                        f"convolution is a {kind.__name__}, got shape {tuple(inputs.shape)}"
+                        f"{single}"
+                    )
+                return
+
+
+def _check_output_size(output_size: object, rank: int = 2) -> None:
     if output_size is None or output_size == "input":
         return
     if (
         isinstance(output_size, (tuple, list))
-        and len(output_size) == 2
+        and len(output_size) == rank
         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in output_size)
     ):
         return
+    want = {1: "(t,)", 2: "(h, w)", 3: "(d, h, w)"}.get(rank, "a size")
     raise ValueError(
-        f"output_size must be 'input', None (the layer's resolution) or (h, w) positive "
-        f"ints, got {output_size!r}"
+        f"output_size must be 'input', None (the layer's resolution) or {want} positive "
+        f"ints (the input's rank), got {output_size!r}"
     )
 
 

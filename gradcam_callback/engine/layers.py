@@ -32,6 +32,7 @@ The automatic choice (one probe forward and one backward, on the first samples):
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -287,22 +288,23 @@ def choose_layer(
         for handle in handles:
             handle.remove()
 
-    size = (inputs.shape[-2], inputs.shape[-1])
+    size = tuple(inputs.shape[2:])
     in_order = sorted(finished.items(), key=lambda item: item[1][0])
-    hints = LayoutHints.from_outputs(((m, o) for _, (_, m, o, _) in in_order), size)
+    hints = (LayoutHints.from_outputs(((m, o) for _, (_, m, o, _) in in_order), size)
+             if len(size) == 2 else None)
     inputs_differ = len(inputs) > 1 and not bool((inputs == inputs[:1]).all())
     candidates: list[tuple[str, Tensor, Reading]] = []
     for name, (_, module, out, in_attention) in reversed(in_order):
         if in_attention or _passes_through(module):
             continue
-        if not _is_candidate_output(out, len(inputs), inputs_differ):
+        if not _is_candidate_output(out, len(inputs), inputs_differ, inputs.dim()):
             continue
         try:
             reading = read_layer_output(out, size, "auto", layer_name=name, module=module,
                                         hints=hints, batch=len(inputs), strict=True)
         except ValueError:
             continue  # not maps of the input, or ambiguous: not chosen automatically
-        if reading.grid[0] * reading.grid[1] > 1:
+        if math.prod(reading.grid) > 1:
             candidates.append((name, out, reading))
     classes = _segmentation_classes(output, output_transform, task)
     if classes is not None:  # a segmentation model: not its logit maps (the map of a class
@@ -335,12 +337,14 @@ def _segmentation_classes(output: Any, output_transform: OutputTransform | None,
     return int(logits.shape[1])
 
 
-def _is_candidate_output(output: object, batch: int, inputs_differ: bool) -> bool:
-    if not isinstance(output, Tensor) or output.dim() not in (3, 4):
+def _is_candidate_output(output: object, batch: int, inputs_differ: bool,
+                         input_dims: int = 4) -> bool:
+    dims = (3, 4) if input_dims == 4 else (input_dims,)  # images: tokens or maps
+    if not isinstance(output, Tensor) or output.dim() not in dims:
         return False
     if not output.dtype.is_floating_point or output.shape[0] != batch:
         return False
-    if output.dim() == 3 and output.shape[2] == 1:
+    if output.dim() == 3 and input_dims == 4 and output.shape[2] == 1:
         return False  # one value per position: a pooled (N, C, 1), not tokens
     if batch > 1 and output.stride(0) == 0:
         return False  # expanded over the batch: the same for every input

@@ -3,9 +3,10 @@
 Class activation maps as pure tensor functions: batched, exact, and without side effects.
 
 Notation, per sample: ``A`` is the target layer's output *as it left the layer*, shape
-``(C, h, w)``; ``G = dS/dA`` is the gradient of the sample's target score ``S`` (a
-pre-softmax logit, or what a callable target returns). Sums over ``k`` run over the
-channels, over ``ij`` over the spatial positions, and ``Z = h * w``.
+``(C, h, w)`` (``(C, t)`` for a signal, ``(C, d, h, w)`` for a volume: every formula runs
+over all spatial positions alike); ``G = dS/dA`` is the gradient of the sample's target
+score ``S`` (a pre-softmax logit, or what a callable target returns). Sums over ``k`` run
+over the channels, over ``ij`` over the spatial positions, and ``Z`` is their number.
 
 =============  =========================================================================
 method         map before ReLU
@@ -23,7 +24,8 @@ eigencam       projection of the centred activations (rows = positions, columns 
                map is high where the layer is most active.
 =============  =========================================================================
 
-Then ReLU, bilinear resizing (``align_corners=False``) and, with ``normalize=True``,
+Then ReLU, resizing (linear, bilinear or trilinear by the rank; ``align_corners=False``)
+and, with ``normalize=True``,
 per-sample min-max scaling to ``[0, 1]``. A map whose maximum equals its minimum (an
 all-zero map, say) becomes all zeros.
 
@@ -31,8 +33,8 @@ Scale: min-max scaling makes gradcam, xgradcam, hirescam, layercam and eigencam
 invariant to multiplying the scores by a positive constant. Grad-CAM++ is not, by its
 definition: eq. 19's ``alpha`` depends on the gradient's magnitude.
 
-A method is a function ``combine(A, G) -> (N, h, w)`` over ``A``, ``G`` of shape
-``(N, C, h, w)`` (``G`` is ``None`` for gradient-free methods), registered under a name.
+A method is a function ``combine(A, G) -> (N, *S)`` over ``A``, ``G`` of shape
+``(N, C, *S)`` (``G`` is ``None`` for gradient-free methods), registered under a name.
 :func:`register_method` adds one; every entry point (``compute_cam``, the callback, the
 CLI) reads the names from this registry.
 """
@@ -52,22 +54,28 @@ __all__ = ["CAM_METHODS", "CamMethod", "available_methods", "get_method", "regis
 Combine = Callable[[Tensor, Tensor | None], Tensor]
 
 
+def _spatial(tensor: Tensor) -> tuple[int, ...]:
+    """The spatial dims of ``(N, C, *S)``: 2 for a signal, 2-3 for an image, 2-4 for a
+    volume."""
+    return tuple(range(2, tensor.dim()))
+
+
 def _gradcam(acts: Tensor, grads: Tensor) -> Tensor:
-    weights = grads.mean(dim=(2, 3), keepdim=True)
+    weights = grads.mean(dim=_spatial(grads), keepdim=True)
     return (weights * acts).sum(dim=1)
 
 
 def _gradcam_plus_plus(acts: Tensor, grads: Tensor) -> Tensor:
     grads_sq = grads.square()
-    acts_sum = acts.sum(dim=(2, 3), keepdim=True)
+    acts_sum = acts.sum(dim=_spatial(acts), keepdim=True)
     alpha = grads_sq / (2 * grads_sq + acts_sum * grads_sq * grads + 1e-6)
-    weights = (alpha * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
+    weights = (alpha * grads.clamp(min=0)).sum(dim=_spatial(grads), keepdim=True)
     return (weights * acts).sum(dim=1)
 
 
 def _xgradcam(acts: Tensor, grads: Tensor) -> Tensor:
-    weights = (grads * acts).sum(dim=(2, 3), keepdim=True) / (
-        acts.sum(dim=(2, 3), keepdim=True) + 1e-7
+    weights = (grads * acts).sum(dim=_spatial(acts), keepdim=True) / (
+        acts.sum(dim=_spatial(acts), keepdim=True) + 1e-7
     )
     return (weights * acts).sum(dim=1)
 
@@ -81,14 +89,14 @@ def _layercam(acts: Tensor, grads: Tensor) -> Tensor:
 
 
 def _eigencam(acts: Tensor, _grads: Tensor | None) -> Tensor:
-    n, c, h, w = acts.shape
-    positions = acts.reshape(n, c, h * w).transpose(1, 2)  # (N, hw, C)
+    n, c = acts.shape[:2]
+    positions = acts.reshape(n, c, -1).transpose(1, 2)  # (N, positions, C)
     centred = positions - positions.mean(dim=1, keepdim=True)
     projection = _first_component_projection(centred)  # (N, hw)
     activity = positions.sum(dim=2)
     agreement = (projection * (activity - activity.mean(dim=1, keepdim=True))).sum(dim=1)
     sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
-    return (projection * sign.unsqueeze(1)).reshape(n, h, w)
+    return (projection * sign.unsqueeze(1)).reshape(n, *acts.shape[2:])
 
 
 def _first_component_projection(centred: Tensor) -> Tensor:

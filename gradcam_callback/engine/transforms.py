@@ -76,17 +76,19 @@ _LAYOUT_WORDS = {"nchw": "channels-first", "nhwc": "channels-last", "tokens": "t
 
 @dataclass(frozen=True)
 class Reading:
-    """How one layer's output is read as ``(N, C, h, w)`` maps.
+    """How one layer's output is read as ``(N, C, h, w)`` maps (``(N, C, t)`` for a
+    signal, ``(N, C, d, h, w)`` for a volume).
 
     Attributes:
-        layout: ``"nchw"``, ``"nhwc"``, ``"tokens"``, or ``"custom"`` (a callable).
-        grid: ``(h, w)`` of the maps.
+        layout: ``"nchw"`` (channels first), ``"nhwc"`` (channels last), ``"tokens"``,
+            or ``"custom"`` (a callable).
+        grid: the maps' spatial size, ``(h, w)`` (``(t,)``, ``(d, h, w)``).
         prefix: tokens before the patch tokens (``"tokens"`` only).
         transform: the user's callable (``"custom"`` only).
     """
 
     layout: str
-    grid: tuple[int, int]
+    grid: tuple[int, ...]
     prefix: int = 0
     transform: ReshapeTransform | None = None
 
@@ -95,7 +97,7 @@ class Reading:
         if self.layout == "nchw":
             return output
         if self.layout == "nhwc":
-            return output.permute(0, 3, 1, 2)
+            return output.movedim(-1, 1)
         if self.layout == "tokens":
             h, w = self.grid
             patches = output[:, self.prefix:, :]
@@ -105,7 +107,8 @@ class Reading:
 
     def describe(self) -> str:
         """A short description, e.g. ``"tokens, 1 prefix + 14x14 grid"``."""
-        grid = f"{self.grid[0]}x{self.grid[1]} grid"
+        grid = ("x".join(map(str, self.grid)) + " grid" if len(self.grid) != 1
+                else f"{self.grid[0]} steps")
         if self.layout == "tokens":
             return f"tokens, {self.prefix} prefix + {grid}" if self.prefix else f"tokens, {grid}"
         if self.layout == "custom":
@@ -205,7 +208,7 @@ def token_layouts(count: int, size: tuple[int, int],
 
 def read_layer_output(
     output: Tensor,
-    input_size: tuple[int, int],
+    input_size: tuple[int, ...],
     spec: str | ReshapeTransform,
     *,
     layer_name: str,
@@ -218,7 +221,9 @@ def read_layer_output(
 
     Args:
         output: the layer's output (activation).
-        input_size: the input's ``(H, W)``.
+        input_size: the input's ``(H, W)`` (``(T,)`` for signals, ``(D, H, W)`` for
+            volumes: their layers are read channels-first, or channels-last with
+            ``"nhwc"``; tokens are read for images only).
         spec: a reading from :func:`check_reading`.
         layer_name: for error messages.
         module: the layer, whose own modules decide between channels-first and
@@ -237,16 +242,20 @@ def read_layer_output(
             how to choose). An :class:`AmbiguousReading` is a ``ValueError``.
     """
     shape = tuple(output.shape)
+    rank = len(input_size)
     if callable(spec):
         maps = spec(output)
-        grid = tuple(maps.shape[-2:]) if maps.dim() == 4 else (0, 0)
-        return Reading("custom", grid, transform=spec)  # type: ignore[arg-type]
+        grid = tuple(maps.shape[2:]) if maps.dim() == rank + 2 else (0,) * rank
+        return Reading("custom", grid, transform=spec)
     if batch is not None and output.dim() >= 1 and shape[0] != batch:
         raise ValueError(
             f"layer {layer_name!r} outputs shape {shape}, whose first dimension is not the "
             f"batch ({batch} inputs): it does not hold one map per input (a position bias or "
             "windowed tensor?); choose a layer that outputs one entry per input"
         )
+    if rank != 2:
+        return _read_nd(output, input_size, spec, layer_name, strict)
+    image_size = (int(input_size[0]), int(input_size[1]))
     if output.dim() == 4 and _is_attention_probabilities(output):
         raise ValueError(
             f"layer {layer_name!r} outputs attention probabilities {shape} (non-negative rows "
@@ -261,13 +270,13 @@ def read_layer_output(
         return Reading("nhwc", (shape[1], shape[2]))
     if spec.startswith("tokens"):
         _need_dims(output, 3, spec, layer_name)
-        return _read_tokens(shape, input_size, _fixed_prefix(spec), layer_name, hints,
+        return _read_tokens(shape, image_size, _fixed_prefix(spec), layer_name, hints,
                             forced=True)
     # auto
     if output.dim() == 3:
-        return _read_tokens(shape, input_size, None, layer_name, hints, forced=False)
+        return _read_tokens(shape, image_size, None, layer_name, hints, forced=False)
     if output.dim() == 4:
-        return _read_4d(shape, input_size, module, layer_name, strict)
+        return _read_4d(shape, image_size, module, layer_name, strict)
     raise ValueError(
         f"layer {layer_name!r} outputs shape {shape}; CAM methods need spatial maps: "
         "(N, C, h, w), (N, h, w, C) or tokens (N, prefix + h*w, C). Choose another layer "
@@ -326,6 +335,30 @@ class AmbiguousReading(ValueError):
         self.readings = list(readings)
 
 
+def _read_nd(output: Tensor, size: tuple[int, ...], spec: str, layer_name: str,
+             strict: bool) -> Reading:
+    """A signal's or a volume's layer: channels-first ``(N, C, *S)`` (``"auto"``,
+    ``"nchw"``) or channels-last ``(N, *S, C)`` (``"nhwc"``), ``S`` of the input's rank."""
+    shape, rank = tuple(output.shape), len(size)
+    kind = {1: "signal (N, C, T)", 3: "volume (N, C, D, H, W)"}.get(rank, f"{rank}-D input")
+    if spec.startswith("tokens"):
+        raise ValueError(f"reshape_transform={spec!r} reads image tokens; a {kind} layer is "
+                         "read channels-first ('auto', 'nchw') or channels-last ('nhwc')")
+    grid = shape[1:-1] if spec == "nhwc" else shape[2:]
+    fits = (output.dim() == rank + 2 and all(0 < g <= s for g, s in zip(grid, size,
+                                                                        strict=True)))
+    if not fits and not (output.dim() == rank + 2 and not strict and spec != "auto"):
+        want = "(N, " + ", ".join(["C", *"DHW"[3 - rank:]] if rank == 3 else ["C", "T"]) + ")"
+        raise ValueError(
+            f"layer {layer_name!r} outputs shape {shape}: not maps {want} of a {kind} input "
+            f"of size {tuple(size)} read "
+            f"{'channels-last' if spec == 'nhwc' else 'channels-first'}. "
+            "Choose another layer (target_layer=None picks one), or pass "
+            "reshape_transform=<callable output -> (N, C, *S)>"
+        )
+    return Reading("nhwc" if spec == "nhwc" else "nchw", tuple(int(g) for g in grid))
+
+
 def _need_dims(output: Tensor, dims: int, spec: str, layer_name: str) -> None:
     if output.dim() != dims:
         want = "(N, prefix + h*w, C)" if dims == 3 else (
@@ -362,9 +395,9 @@ def _read_tokens(shape: tuple[int, ...], size: tuple[int, int], prefix: int | No
 
 def _read_4d(shape: tuple[int, ...], size: tuple[int, int], module: nn.Module | None,
              layer_name: str, strict: bool) -> Reading:
-    first = Reading("nchw", (shape[2], shape[3]))
-    last = Reading("nhwc", (shape[1], shape[2]))
-    first_fits, last_fits = grid_fits(first.grid, size), grid_fits(last.grid, size)
+    first_grid, last_grid = (shape[2], shape[3]), (shape[1], shape[2])
+    first, last = Reading("nchw", first_grid), Reading("nhwc", last_grid)
+    first_fits, last_fits = grid_fits(first_grid, size), grid_fits(last_grid, size)
     if first_fits and last_fits:
         hint = _layout_hint(module, shape) if module is not None else None
         if hint is not None:
@@ -373,7 +406,7 @@ def _read_4d(shape: tuple[int, ...], size: tuple[int, int], module: nn.Module | 
                                [first, last])
     if last_fits:
         return last
-    if first_fits or _roughly_fits(first.grid, size, strict):
+    if first_fits or _roughly_fits(first_grid, size, strict):
         return first
     raise ValueError(
         f"layer {layer_name!r} outputs shape {shape}, which is not a grid of maps of a "
