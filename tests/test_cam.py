@@ -203,12 +203,14 @@ def test_auto_detection_never_picks_the_model_itself():
     fully_convolutional = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
                                         nn.Conv2d(4, 2, 1))  # its own output is spatial
     inputs = torch.randn(2, 3, 8, 8)
-    assert find_last_spatial_layer(fully_convolutional, inputs) == "2"
+    # a (N, K, H, W) output reads as segmentation: the layer before its logit maps
+    assert find_last_spatial_layer(fully_convolutional, inputs) == "1"
+    assert explain_batch(fully_convolutional, inputs, None, None).layer_name == "1"
+    # a score of its own: the last layer it flows through, the logit maps included
     result = explain_batch(fully_convolutional, inputs, None,
                            lambda out: out[:, 1].mean(dim=(1, 2)))
     assert result.layer_name == "2"
-    # a (N, K, H, W) output reads as segmentation; asked as multiclass, the CAM says why
-    assert explain_batch(fully_convolutional, inputs, None, None).layer_name == "2"
+    # asked as multiclass, the CAM says why it cannot
     with pytest.raises(ValueError, match=r"class targets need a model output of shape"):
         explain_batch(fully_convolutional, inputs, None, None, task="multiclass")
 

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from gradcam_callback.engine.scopes import eval_mode, preserved_rng_state
 from gradcam_callback.engine.targets import (
     OutputTransform,
+    Target,
     TargetSpec,
     logits_from_output,
     output_task,
@@ -306,7 +307,8 @@ def choose_layer(
             continue  # not maps of the input, or ambiguous: not chosen automatically
         if math.prod(reading.grid) > 1:
             candidates.append((name, out, reading))
-    classes = _segmentation_classes(output, output_transform, task)
+    custom = callable(targets) and not isinstance(targets, (Tensor, Target))
+    classes = None if custom else _segmentation_classes(output, output_transform, task)
     if classes is not None:  # a segmentation model: not its logit maps (the map of a class
         # would be that class's own logits), but the features they are computed from
         features = [c for c in candidates if int(c[2](c[1]).shape[1]) != classes]
