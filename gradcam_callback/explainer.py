@@ -159,7 +159,8 @@ class Explainer:
         task = self.task
         if task is None:  # the first output decides the task; the same rule scores it
             first, logits, layer_size = self._maps(
-                model, inputs, _FirstTarget(self.options, primary, labels, label_note), "auto")
+                model, inputs, _FirstTarget(self.options, primary, labels, label_note),
+                self.options.task)
             task = self._read_task(logits, labels)
             task_labels, note = task.labels(labels, label_note)
         else:
@@ -238,6 +239,11 @@ class _FirstTarget(Target):
     word: object
     labels: Tensor | None
     note: str | None
+
+    @property
+    def custom(self) -> bool:
+        """A callable ``target`` option: the user's own score."""
+        return callable(self.word) and not isinstance(self.word, str)
 
     def __call__(self, logits: Tensor) -> Tensor:
         options = self.options

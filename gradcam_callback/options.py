@@ -103,6 +103,8 @@ class ExplainOptions:
                                           "method": self.method, "target": target}
         if self.task != "auto":  # (the keys of checkpoints written before tasks stay)
             identity["task"] = self.task
+        if self.background != 0:  # another background explains other classes
+            identity["background"] = "none" if self.background is None else self.background
         return identity
 
 

@@ -53,7 +53,9 @@ from gradcam_callback.engine.targets import (
     SegmentationTarget,
     TargetSpec,
     TopLabelTarget,
+    class_logits,
     frequent_class,
+    output_task,
     resize_region,
     top_label,
 )
@@ -134,30 +136,44 @@ def read_task(task: str, logits: Tensor, labels: Tensor | None, *, target: objec
     source, said = f"task={task!r}", task != "auto"
     if task == "auto":
         task, source = _auto(logits, labels)
-    found = Task(task, _outputs(task, logits), threshold, background, source,
-                 soft_labels=said)
+    custom = callable(target) and not isinstance(target, str)
+    # labels the task cannot read stop the run when they say the task is another one:
+    # when it was said, when the target reads them, or on a one-logit model (continuous
+    # labels there mean a regression, not a binary classifier); else they are left out
+    strict = said or target in ("label", "both") or (task == "binary" and not custom)
+    found = Task(task, _outputs(task, logits, custom), threshold, background, source,
+                 soft_labels=said, strict_labels=strict)
     found.check(logits, labels, target)
     return found
 
 
 def _auto(logits: Tensor, labels: Tensor | None) -> tuple[str, str]:
-    shape = _shape(logits)
-    if logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1):
+    shape, by_shape = _shape(logits), output_task("auto", logits)
+    if by_shape == "binary":
         return "binary", f"one logit per sample {shape}"
-    if logits.dim() == 4:
+    if by_shape == "segmentation":
+        if logits.shape[1] == 1:
+            return "segmentation", (f"a one-logit mask output {shape}: foreground where the "
+                                    "logit > 0, class 1")
         return "segmentation", f"a per-pixel output {shape}"
     if (logits.dim() == 2 and labels is not None and labels.dim() == 2
             and tuple(labels.shape) == tuple(logits.shape) and _zero_one(labels)):
-        return "multilabel", (f"an output {shape} with 0/1 labels {_shape(labels)}; pass "
-                              "task='multiclass' for one-hot labels of a softmax model")
+        if bool((labels.float().sum(1) == 1).all()):
+            return "multiclass", (f"an output {shape} with one-hot labels {_shape(labels)}; "
+                                  "pass task='multilabel' if a sample may have several")
+        return "multilabel", f"an output {shape} with multi-hot 0/1 labels {_shape(labels)}"
     return "multiclass", f"an output {shape}"
 
 
-def _outputs(task: str, logits: Tensor) -> int:
+def _outputs(task: str, logits: Tensor, custom: bool = False) -> int:
     if task == "binary" or logits.dim() < 2:
         return 1
     if task == "regression":
         return int(logits[:1].numel())
+    if task == "segmentation":
+        return max(2, int(logits.shape[1])) if logits.dim() == 4 else 1
+    if logits.dim() != 2 and custom:  # a callable's own output (detections...): one group
+        return 1
     return int(logits.shape[1])
 
 
@@ -181,7 +197,9 @@ class Task:
     background: int | None = 0
     source: str = ""
     soft_labels: bool = False
-    """binary: read labels in [0, 1] by their side (``task="binary"`` said so)."""
+    """binary, multi-label: read labels in [0, 1] by their side (the task was said)."""
+    strict_labels: bool = True
+    """Labels the task cannot read raise; else they are left out, with a note why."""
 
     # -- what is explained ------------------------------------------------------------
 
@@ -239,7 +257,8 @@ class Task:
         if self.name == "binary":
             return (scores.reshape(len(scores), -1)[:, 0] >= 0).long()
         if self.name == "segmentation":
-            return frequent_class(scores.argmax(1), self.outputs, self.background)
+            return frequent_class(class_logits(scores).argmax(1), self.outputs,
+                                  self.background)
         if self.name == "regression" or scores.dim() != 2:  # (a callable's custom output)
             return torch.zeros(len(scores), dtype=torch.long)
         return scores.argmax(1)
@@ -263,8 +282,10 @@ class Task:
         if labels is None:
             return None, note
         problem = self._label_problem(labels)
-        if problem is not None:
+        if problem is not None and self.strict_labels:
             raise ValueError(problem)
+        if problem is not None:
+            return None, f"{problem} (left out: the target does not read them)"
         name = self.name
         if name == "multiclass":
             if labels.dim() == 2 and labels.shape[1] == 1 and _integral(labels):
@@ -281,8 +302,8 @@ class Task:
             return labels.long(), None
         if name == "binary":  # (soft labels, with task='binary': their side)
             return (labels.reshape(len(labels)).float() >= 0.5).long(), None
-        if name == "multilabel":
-            return labels.bool(), None
+        if name == "multilabel":  # (soft labels, with task='multilabel': their side)
+            return labels.float() >= 0.5, None
         if name == "segmentation":
             return (labels[:, 0] if labels.dim() == 4 else labels).long(), None
         return labels.reshape(len(labels), -1).float(), None
@@ -312,7 +333,8 @@ class Task:
                         "task='regression'")
             return None
         if name == "multilabel":
-            if labels.dim() != 2 or labels.shape[1] != self.outputs or not _zero_one(labels):
+            zero_one = _zero_one(labels) or (self.soft_labels and _unit(labels))
+            if labels.dim() != 2 or labels.shape[1] != self.outputs or not zero_one:
                 return (f"task='multilabel' needs 0/1 labels ({n}, {self.outputs}), one "
                         f"column per output; the labels are {labels.dtype} {shape} "
                         "(class indices (N,) are task='multiclass')")
@@ -429,7 +451,8 @@ class Task:
             return ", ".join(class_name(k, names) for k in true) or "none"
         if self.name == "segmentation":
             k = int(frequent_class(label[None], self.outputs, self.background)[0])
-            return f"{class_name(k, names)} {_share(label == k):.0%}"
+            known = (label >= 0) & (label < self.outputs)  # (not an ignore index)
+            return f"{class_name(k, names)} {_share((label == k)[known]):.0%}"
         if self.name == "regression":
             return ", ".join(f"{float(v):.3g}" for v in label.flatten()[:3])
         return class_name(int(label), names)
@@ -451,7 +474,7 @@ class Task:
             wrong = label is not None and set(chosen) != set(label.nonzero().flatten().tolist())
             return text, wrong
         if name == "segmentation":
-            predicted = scores.argmax(0)
+            predicted = class_logits(scores[None])[0].argmax(0)
             k = int(frequent_class(predicted[None], self.outputs, self.background)[0])
             wrong = False
             if label is not None:
@@ -524,7 +547,7 @@ class Task:
         ``size``, which the grid outlines; ``None`` for the other tasks."""
         if self.name != "segmentation" or explained is None:
             return None
-        predicted = logits.detach().float().argmax(1).cpu()
+        predicted = class_logits(logits.detach().float()).argmax(1).cpu()
         return resize_region(predicted == explained.cpu().view(-1, 1, 1), size)
 
     def describe(self) -> str:

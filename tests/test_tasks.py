@@ -367,7 +367,10 @@ def test_read_task_reads_the_output_and_the_labels():
     with pytest.raises(ValueError, match=r"task='multiclass', but the labels .* multi-hot"):
         read(torch.zeros(4, 3), multi_hot, task="multiclass")
     with pytest.raises(ValueError, match=r"task='segmentation' needs label masks"):
-        read(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 1]))
+        read(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 1]), task="segmentation")
+    with pytest.raises(ValueError, match=r"task='segmentation' needs label masks"):
+        read(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 1]), target="label")
+    assert read(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 1])) == "segmentation"
     with pytest.raises(ValueError, match=r"task='segmentation' needs a per-pixel output"):
         read(torch.zeros(4, 3), task="segmentation")
     with pytest.raises(ValueError, match=r"task='binary' needs one logit .* \(4, 2\)"):
@@ -766,3 +769,108 @@ def test_the_info_line_says_what_the_target_explains(task, target, words):
     from gradcam_callback.explainer import explains
 
     assert explains(task, target) == words
+
+
+class MaskNet(nn.Module):
+    """A one-logit mask model (a sigmoid U-Net in small): (N, 1, h, w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(6, 1, 1)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_a_one_logit_mask_model_explains_its_foreground():
+    torch.manual_seed(0)
+    model, x = MaskNet().eval(), torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        z = model(x)
+        model.head.bias -= z.median()  # about half of the pixels foreground
+        z = model(x)
+    task = read_task("auto", z, (z > 0).long()[:, 0], target="predicted")
+    assert task.name == "segmentation" and task.outputs == 2
+    assert "one-logit mask output" in task.source
+    explained = Explainer(ExplainOptions(target_layer="features")).explain(model, x)
+    assert explained.explained.tolist() == [1, 1, 1]  # the foreground, not the background
+    expected = from_scratch_gradcam(model, x, lambda out: (out[:, 0] * (out[:, 0] > 0)).sum(
+        dim=(1, 2)))
+    torch.testing.assert_close(explained.maps, expected, atol=1e-5, rtol=0)
+    lines, _ = explained.task.captions(explained.logits, None, None)
+    share = float((z[0, 0] > 0).float().mean())
+    assert lines[0] == [f"pred: 1 {share:.0%}"]
+    assert torch.equal(explained.outlines, (z[:, 0] > 0))
+    # the background side is -z over the background pixels
+    background = Explainer(ExplainOptions(target_layer="features", target=0, background=None))
+    expected = from_scratch_gradcam(model, x, lambda out: (-out[:, 0] * (out[:, 0] <= 0)).sum(
+        dim=(1, 2)))
+    torch.testing.assert_close(background.explain(model, x).maps, expected, atol=1e-5, rtol=0)
+
+
+def test_the_callback_chooses_the_engines_layer_for_a_score_of_ones_own():
+    from gradcam_callback import explain_batch
+
+    torch.manual_seed(0)
+
+    class Dense(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                     nn.Conv2d(8, 3, 1))
+
+        def forward(self, x):
+            return self.net(x)
+
+    def score(out):
+        return out[:, 1].mean(dim=(1, 2))
+
+    model, x = Dense().eval(), torch.randn(2, 3, 16, 16)
+    engine = explain_batch(model, x, None, score).layer_name
+    explainer = Explainer(ExplainOptions(target=score))
+    explainer.explain(model, x, torch.tensor([0, 1]))  # class labels: not masks, left out
+    assert explainer.layer_name == engine == "net"  # the logit maps (its own output)
+    predicted = Explainer(ExplainOptions())
+    predicted.explain(model, x)
+    assert predicted.layer_name == explain_batch(model, x, None).layer_name == "net.1"
+
+
+def test_labels_a_target_does_not_read_are_left_out_unless_the_task_was_said():
+    boxes = torch.zeros(4, 2, 4)  # detection-style labels of a classifier's dataset
+    task = read_task("auto", torch.zeros(4, 3), boxes, target="predicted")
+    labels, note = task.labels(boxes)
+    assert labels is None and "left out: the target does not read them" in note
+    assert task.captions(torch.zeros(4, 3), labels, None)[0][0] == ["pred: 0 0.33"]
+    with pytest.raises(ValueError, match=r"task='multiclass', but the labels have shape"):
+        read_task("multiclass", torch.zeros(4, 3), boxes, target="predicted")
+    with pytest.raises(ValueError, match=r"task='multiclass', but the labels have shape"):
+        read_task("auto", torch.zeros(4, 3), boxes, target="label")
+    # a one-logit model still refuses continuous labels: they mean a regression
+    with pytest.raises(ValueError, match=r"task='regression'"):
+        read_task("auto", torch.zeros(4, 1), torch.rand(4, 1), target="predicted")
+
+
+def test_one_hot_labels_read_multiclass_and_smoothed_multi_hot_with_the_task_said():
+    one_hot = torch.eye(3)[[2, 0, 1, 1]]
+    assert read_task("auto", torch.zeros(4, 3), one_hot, target="predicted").name == "multiclass"
+    several = torch.tensor([[1.0, 1, 0], [0, 1, 0], [0, 0, 0], [1, 0, 0]])
+    assert read_task("auto", torch.zeros(4, 3), several, target="predicted").name == "multilabel"
+    smoothed = several * 0.9 + 0.05
+    task = read_task("multilabel", torch.zeros(4, 3), smoothed, target="label")
+    assert task.labels(smoothed)[0].tolist() == several.bool().tolist()
+    assert read_task("auto", torch.zeros(4, 3), smoothed, target="predicted").name == "multiclass"
+
+
+def test_a_callables_own_output_is_one_group():
+    task = read_task("auto", torch.zeros(4, 50, 6), None, target=lambda out: out[:, 0, 0])
+    assert task.groups == 1
+    grouping = task.grouping(torch.zeros(4, 50, 6), None)
+    assert grouping.count == 1 and grouping.predicted.tolist() == [0] * 4
+
+
+def test_background_tells_checkpointed_callbacks_apart():
+    assert GradCAMCallback("features").state_key == GradCAMCallback(
+        "features", background=0).state_key
+    assert GradCAMCallback("features", background=None).state_key != GradCAMCallback(
+        "features").state_key

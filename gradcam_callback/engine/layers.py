@@ -307,7 +307,8 @@ def choose_layer(
             continue  # not maps of the input, or ambiguous: not chosen automatically
         if math.prod(reading.grid) > 1:
             candidates.append((name, out, reading))
-    custom = callable(targets) and not isinstance(targets, (Tensor, Target))
+    custom = ((callable(targets) and not isinstance(targets, (Tensor, Target)))
+              or bool(getattr(targets, "custom", False)))
     classes = None if custom else _segmentation_classes(output, output_transform, task)
     if classes is not None:  # a segmentation model: not its logit maps (the map of a class
         # would be that class's own logits), but the features they are computed from

@@ -63,6 +63,7 @@ __all__ = [
     "TaskName",
     "TopLabelTarget",
     "check_task",
+    "class_logits",
     "frequent_class",
     "logits_from_output",
     "one_logit",
@@ -223,12 +224,28 @@ class Target:
     :func:`~gradcam_callback.engine.explain_batch` can explain a batch a chunk at a time.
     A plain callable is applied to every chunk as it is."""
 
+    @property
+    def custom(self) -> bool:
+        """Whether the score is the caller's own (a callable inside), not a task's rule:
+        the automatic layer choice then keeps a segmentation model's logit maps."""
+        return False
+
     def __call__(self, logits: Tensor) -> Tensor:
         raise NotImplementedError
 
     def chunk(self, part: slice) -> Target:
         """This target for the samples ``part`` of the batch."""
         return self
+
+
+def class_logits(logits: Tensor) -> Tensor:
+    """A segmentation output as per-class logits: ``(N, C, h, w)`` as it is; a one-logit
+    mask output ``(N, 1, h, w)`` (a sigmoid U-Net) as two classes, background ``-z`` and
+    foreground ``z``, so the foreground is predicted where ``z > 0`` and each side's score
+    is the evidence for it, as for a one-logit binary classifier."""
+    if logits.dim() == 4 and logits.shape[1] == 1:
+        return torch.cat([-logits, logits], dim=1)
+    return logits
 
 
 def _part(value: Tensor | int | None, part: slice) -> Tensor | int | None:
@@ -304,8 +321,9 @@ def frequent_class(class_map: Tensor, num_classes: int, background: int | None =
     """
     flat = class_map.reshape(len(class_map), -1).long()
     valid = (flat >= 0) & (flat < num_classes)
-    counts = F.one_hot(flat.clamp(0, num_classes - 1), num_classes).mul_(
-        valid.unsqueeze(-1)).sum(1)
+    rows = torch.arange(len(flat), device=flat.device).unsqueeze(1) * num_classes
+    counts = torch.bincount((flat + rows)[valid], minlength=len(flat) * num_classes
+                            ).view(len(flat), num_classes)  # (N, C): no (N, pixels, C) one-hot
     if background is not None:
         counts[:, background] = -1
     classes = counts.argmax(1)
@@ -346,6 +364,7 @@ class SegmentationTarget(Target):
                 f"task='segmentation' needs a per-pixel output (N, C, h, w), got "
                 f"{tuple(logits.shape)}"
             )
+        logits = class_logits(logits)
         n, num_classes, height, width = logits.shape
         if self.background is not None and not 0 <= self.background < num_classes:
             raise ValueError(

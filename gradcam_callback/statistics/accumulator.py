@@ -35,12 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from gradcam_callback.metrics import attention_scalars, top_cells
 from gradcam_callback.ops import shrink_maps, shrunk_size
-from gradcam_callback.tasks import Grouping
+from gradcam_callback.tasks import Grouping, Task
 
 __all__ = [
     "CONSISTENCY",
@@ -199,8 +198,8 @@ class AttentionStatistics:
         tolerance = cell_pixels(self.input_size, self.layer_size)
         for name, values in attention_scalars(cams, masks, tolerance).items():
             self._add_moments(name, values)
-        if grouping is None:
-            grouping = _class_grouping(logits, labels)
+        if grouping is None:  # single-label classification: the argmax and class indices
+            grouping = Task("multiclass").grouping(logits, labels)
         predictions = grouping.predicted.long().cpu()
         self._ensure_classes(grouping.count, inputs)
         small = shrink_maps(cams, self.map_size)
@@ -414,20 +413,6 @@ def _reduce_parts(parts: Sequence[Tensor], reduce_sum: Reduce,
         out.append(total[offset : offset + tensor.numel()].view(tensor.shape))
         offset += tensor.numel()
     return out
-
-
-def _class_grouping(logits: Tensor, labels: Tensor | None) -> Grouping:
-    """Single-label classification groups: the argmax, and class-index labels."""
-    if logits.dim() == 2:
-        count, predicted = int(logits.shape[1]), logits.detach().float().argmax(1).cpu()
-    else:  # a custom output: one group
-        count, predicted = 1, torch.zeros(len(logits), dtype=torch.long)
-    by_label = None
-    if labels is not None:
-        classes = labels.long().cpu()
-        known = (classes >= 0) & (classes < count)
-        by_label = F.one_hot(classes.clamp(0, count - 1), count).bool() & known[:, None]
-    return Grouping(count, predicted, F.one_hot(predicted, count).bool(), by_label)
 
 
 def _zeros(*size: int) -> Tensor:
