@@ -93,5 +93,10 @@ def min_max(values: Tensor, *, start_dim: int = 1) -> Tensor:
     shape = (*values.shape[:start_dim], *([1] * (values.dim() - start_dim)))
     low = flat.amin(dim=-1).view(shape)
     span = flat.amax(dim=-1).view(shape) - low
-    scaled = (values - low) / torch.where(span > 0, span, 1.0)
-    return torch.where(span > 0, scaled, 0.0).clamp_(0.0, 1.0)
+    # two passes over the values in the usual case (volumes are millions of voxels): with
+    # 0 <= v - low <= span, the quotient is within [0, 1] in floating point too
+    scaled = (values - low).div_(torch.where(span > 0, span, 1.0))
+    constant = ~(span > 0)  # constant (all values equal) or not finite: all zeros
+    if bool(constant.any()):
+        scaled = torch.where(constant, 0.0, scaled)
+    return scaled
