@@ -1,10 +1,10 @@
 """Is it a 3? A one-logit model on real digits, with a watermark as a binary shortcut.
 
 The digits are scikit-learn's bundled ``load_digits`` (1,797 real 8x8 scans, shipped inside
-the package: nothing is downloaded), upsampled to 28 px and placed at a random place in a
-56 px canvas. The label is 1 for a "3" (about 10% of the digits) and 0 for any other digit;
-the model has one logit and trains with ``BCEWithLogitsLoss``. A small white square (5x5 px,
-0.8% of the image) sits in the top-left corner of some images:
+the package: nothing is downloaded), upsampled to 16 px and placed at a random place in a
+40 px canvas. The label is 1 for a "3" (about 10% of the digits) and 0 for any other digit;
+the model has one logit and trains with ``BCEWithLogitsLoss``. A small white square (8x8 px,
+4% of the image) sits in the top-left corner of some images:
 
 - ``shortcut`` run: in training the watermark is on every "3" and on no other digit, so it
   alone tells the label; in validation it is on a random half of the images, whatever
@@ -12,21 +12,22 @@ the model has one logit and trains with ``BCEWithLogitsLoss``. A small white squ
 - ``honest`` run: on a random half in training too, so only the digit tells the label.
 
 Training is balanced by sampling: each epoch draws as many images as the training split
-holds, with replacement, the 3s and the other digits with equal total weight (so a batch is
-half 3s on average, each 3 seen about five times an epoch). Validation keeps the natural
-mix (about 10% 3s).
+holds (1,200), with replacement, the 3s and the other digits with equal total weight (a
+batch is half 3s on average; each 3 is drawn about five times an epoch). Validation keeps
+the natural mix (597 digits, about 10% 3s: always answering "not 3" scores 0.90).
 
 Each item is a dict with a ``digit_mask`` and a ``watermark_mask`` (empty when the image has
-no watermark: its lift is then undefined and left out of the mean). ``GradCAMCallback``
-reads the task as binary from the ``(N, 1)`` output, explains the predicted side (``+logit``
-for a "3", ``-logit`` for "not 3") of the first 256 validation digits at every epoch, and
-logs per mask ``lift`` (energy in the mask / the mask's share of the image; 1.0 = no
-preference) with its spread. This script prints the per-epoch numbers, the accuracy on the
-validation images whose watermark contradicts the label (a "3" without it, another digit
-with it), a verdict per run, and writes the last overlay grid and class maps of each run.
+no watermark: its lift is then undefined and left out of the mean; the callback's warning
+about it is silenced here). ``GradCAMCallback`` reads the task as binary from the ``(N, 1)``
+output, explains the predicted side (``+logit`` for a "3", ``-logit`` for "not 3") and logs,
+over the first 256 validation digits at every epoch, per mask ``lift`` (energy in the mask
+/ the mask's share of the image; 1.0 = no preference) with its spread. This script prints
+the per-epoch numbers, the accuracy on the validation images whose watermark contradicts
+the label (a "3" without it, another digit with it), a verdict per run, and writes the last
+overlay grid and class maps of each run as PNGs.
 
-    python examples/digits_binary.py --out binary_output          # ~1 min on 2 CPU cores
-    python examples/digits_binary.py --seeds 0 1 2                # a separation table
+    python examples/digits_binary.py --out binary_output   # 30-40 s on 2 CPU cores
+    python examples/digits_binary.py --seeds 0 1 2         # a separation table, ~1 min
 
 CPU only, nothing downloaded.
 """
@@ -51,9 +52,9 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from gradcam_callback import GradCAMCallback
 
 LAYER = "features"
-SIZE = 56
-DIGIT = 28
-MARK = 5
+SIZE = 40
+DIGIT = 16
+MARK = 8
 INSET = 1  # the watermark's top-left corner: (INSET, INSET)
 MEAN, STD = 0.1, 0.3
 POSITIVE = 3
@@ -68,7 +69,7 @@ def split(seed: int, train_size: int = TRAIN) -> tuple[list[int], list[int]]:
 
 
 class BinaryWatermarkedDigits(Dataset):
-    """sklearn digits as "3" (1.) or not (0.) in a 56 px canvas, some with a watermark.
+    """sklearn digits as "3" (1.) or not (0.) in a 40 px canvas, some with a watermark.
 
     Args:
         indices: which of the 1,797 digits to use.
@@ -76,9 +77,9 @@ class BinaryWatermarkedDigits(Dataset):
             random half of the images, drawn independently of the label.
         seed: draws the digits' places and the random half.
 
-    Items are dicts: ``image`` float ``(1, 56, 56)`` normalised with ``Normalize(0.1, 0.3)``
+    Items are dicts: ``image`` float ``(1, 40, 40)`` normalised with ``Normalize(0.1, 0.3)``
     (in ``transform``, so the callback finds it for display), ``label`` float ``(1,)``,
-    ``digit_mask`` and ``watermark_mask`` bool ``(56, 56)``. ``labels`` and ``marked``
+    ``digit_mask`` and ``watermark_mask`` bool ``(40, 40)``. ``labels`` and ``marked``
     (bool ``(N,)``: has the watermark) hold the rule for all items at once.
     """
 
@@ -139,8 +140,17 @@ def shown_indices(dataset: BinaryWatermarkedDigits, per_kind: int = 2) -> list[i
 
 
 class BinaryCNN(LightningModule):
-    """Three conv blocks to a 14x14 map, global average pooling, one logit: the layout for
-    which Grad-CAM is exact (it is CAM)."""
+    """Three conv blocks (32, 64, 96 channels, two 2x poolings) to a 10x10 map, global
+    average pooling, one logit: the layout for which Grad-CAM is exact (it is CAM). Adam
+    with a cosine decay of the learning rate to 0 over the run, so that the last epoch is a
+    settled model (at a constant rate, validation accuracy moved by more than 0.5 between
+    epochs).
+
+    The receptive field (18 px) just covers a 16 px digit: enough for the honest run to
+    learn it (0.96-0.98 accuracy), while the watermark stays the easier cue. With two more
+    blocks at 10x10 (receptive field 34 px, 16-48 channels), the shortcut run of seed 0
+    learned the digit too (0.25 accuracy where the watermark contradicts the label, 0.00
+    here) and its lift on the watermark was 2.1 (6.3 here)."""
 
     def __init__(self, lr: float = 3e-3) -> None:
         super().__init__()
@@ -150,9 +160,9 @@ class BinaryCNN(LightningModule):
             return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
                     nn.ReLU(inplace=True)]
 
-        self.features = nn.Sequential(*block(1, 16), nn.MaxPool2d(2), *block(16, 32),
-                                      nn.MaxPool2d(2), *block(32, 48))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 1))
+        self.features = nn.Sequential(*block(1, 32), nn.MaxPool2d(2), *block(32, 64),
+                                      nn.MaxPool2d(2), *block(64, 96))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, 1))
         self.loss = nn.BCEWithLogitsLoss()
         self.counts = torch.zeros(4)  # right, seen, right where contradicted, contradicted
 
@@ -176,7 +186,11 @@ class BinaryCNN(LightningModule):
         self.log("val_acc", right.float().mean())
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 class Table(Callback):
@@ -229,9 +243,10 @@ class Result(NamedTuple):
     gradcam: GradCAMCallback
     task_line: str | None
     seconds: float
+    metrics: dict[str, float]
 
 
-def run(name: str, shortcut: bool, *, seed: int = 0, epochs: int = 3,
+def run(name: str, shortcut: bool, *, seed: int = 0, epochs: int = 6,
         out: Path = Path("binary_output"), train_size: int = TRAIN, val_size: int | None = None,
         metric_samples: int = 256, lr: float = 3e-3, quiet: bool = False) -> Result:
     """Train one model (watermark = the label in training if ``shortcut``); the result."""
@@ -267,8 +282,11 @@ def run(name: str, shortcut: bool, *, seed: int = 0, epochs: int = 3,
         source.removeHandler(catcher)
     task_line = catcher.lines[0] if catcher.lines else None
     if not quiet:
-        print(f"  {task_line or 'GradCAMCallback logged no task line'}")
-    return Result(name, seed, table.rows, gradcam, task_line, time.perf_counter() - start)
+        read = task_line.removeprefix("GradCAMCallback: ") if task_line else "no task line"
+        print(f"  the callback read: {read}")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return Result(name, seed, table.rows, gradcam, task_line, time.perf_counter() - start,
+                  metrics)
 
 
 def caught(row: dict[str, float]) -> bool:
@@ -299,10 +317,12 @@ def save_png(picture: Tensor | None, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("binary_output"))
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*(num_workers|LeafSpec|logging interval).*")
+    # by design: an image without the watermark has an empty watermark_mask (no lift)
+    warnings.filterwarnings("ignore", message="GradCAMCallback: mask 'watermark_mask' is empty")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     args.out.mkdir(parents=True, exist_ok=True)
     quiet = len(args.seeds) > 1
