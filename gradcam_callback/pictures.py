@@ -110,13 +110,13 @@ class Pictures:
             self.sinks.log(f"{tag}/sample_{index}", picture, step, header)
 
     def send_class_maps(self, statistics: StatisticsResult, samples: FixedSamples, tag: str,
-                        step: int, task: Task | None = None) -> None:
+                        step: int, task: Task) -> None:
         """The mean map per class (side, label) by prediction, and by label when there
         are labels; named by the task (a binary model's sides)."""
         rows = [("by prediction", statistics.by_prediction, statistics.prediction_counts)]
         if statistics.by_label is not None and statistics.label_counts is not None:
             rows.append(("by label", statistics.by_label, statistics.label_counts))
-        names = (task or Task()).names(samples.class_names)
+        names = task.names(samples.class_names)
         self.last_class_maps = self.renderer.class_maps(rows, statistics.mean_image,
                                                         samples.display, names)
         self.sinks.log(tag, self.last_class_maps, step)

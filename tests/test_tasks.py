@@ -37,6 +37,7 @@ from gradcam_callback.ops import shrink_maps
 from gradcam_callback.options import ExplainOptions
 from gradcam_callback.render import annotated_grid
 from gradcam_callback.render.captions import run_header
+from gradcam_callback.render.grid import GAP
 from gradcam_callback.tasks import Task, read_task
 from tests.task_helpers import LitTask, TaskData, TaskStripes, from_scratch_gradcam
 
@@ -46,8 +47,7 @@ NAMES = {"binary": ["healthy", "sick"], "multilabel": ["red", "green", "blue"],
          "segmentation": ["background", "stripe", "square"], "regression": None}
 TASKS = list(NAMES)
 TILE = 128  # 32 px inputs are shown upscaled to 128 px
-LINE_H = 13 + 4
-GAP = 6
+LINE_H = 13 + 4  # the grid's default font size, plus spacing
 LAYER = "gradcam/features/"
 
 
@@ -725,6 +725,17 @@ def test_a_one_logit_model_said_multiclass_or_multilabel_fails(task):
         read_task(task, torch.zeros(4, 1), None, target="predicted")
 
 
+class DenseHead(nn.Module):
+    """Per-pixel logits of three classes from a wrapped Sequential: a 1x1 head on features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def test_a_segmentation_models_layer_is_its_features_not_its_logit_maps():
     from gradcam_callback import explain_batch
 
@@ -732,16 +743,8 @@ def test_a_segmentation_models_layer_is_its_features_not_its_logit_maps():
     assert explain_batch(LitTask("segmentation"), torch.randn(2, 3, 32, 32),
                          None).layer_name == "features"
 
-    class Wrapped(nn.Module):  # the logit maps are the last spatial output of two modules
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                     nn.Conv2d(8, 3, 1))
-
-        def forward(self, x):
-            return self.net(x)
-
-    assert explain_batch(Wrapped(), torch.randn(2, 3, 16, 16), None).layer_name == "net.1"
+    # the logit maps are the last spatial output of two modules: "net" and "net.2"
+    assert explain_batch(DenseHead(), torch.randn(2, 3, 16, 16), None).layer_name == "net.1"
     # a classifier's choice is unchanged: its output is not spatial
     assert explain_batch(LitTask("binary"), torch.randn(2, 3, 32, 32),
                          None).layer_name == "features"
@@ -814,19 +817,10 @@ def test_the_callback_chooses_the_engines_layer_for_a_score_of_ones_own():
 
     torch.manual_seed(0)
 
-    class Dense(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                     nn.Conv2d(8, 3, 1))
-
-        def forward(self, x):
-            return self.net(x)
-
     def score(out):
         return out[:, 1].mean(dim=(1, 2))
 
-    model, x = Dense().eval(), torch.randn(2, 3, 16, 16)
+    model, x = DenseHead().eval(), torch.randn(2, 3, 16, 16)
     engine = explain_batch(model, x, None, score).layer_name
     explainer = Explainer(ExplainOptions(target=score))
     explainer.explain(model, x, torch.tensor([0, 1]))  # class labels: not masks, left out

@@ -38,17 +38,22 @@ def prediction_captions(
     return Task("multiclass").captions(logits, labels, class_names)
 
 
-def sample_title(index: int, label: int | None, class_names: Sequence[str] | None = None) -> str:
-    """A fixed sample's name: its dataset index and, when known, its class.
+def sample_title(index: int, label: int | str | None,
+                 class_names: Sequence[str] | None = None) -> str:
+    """A fixed sample's name: its dataset index and, when known, its label (a class index,
+    named by ``class_names``, or the task's words for it).
 
     Example::
 
         >>> sample_title(3, 1, ["cat", "dog"])
         '#3 dog'
-        >>> sample_title(3, None)
-        '#3'
+        >>> sample_title(3, "red, blue"), sample_title(3, None)
+        ('#3 red, blue', '#3')
     """
-    return f"#{index}" if label is None else f"#{index} {class_name(int(label), class_names)}"
+    if label is None or label == "":
+        return f"#{index}"
+    text = label if isinstance(label, str) else class_name(int(label), class_names)
+    return f"#{index} {text}"
 
 
 def run_header(epoch: int, step: int, stage: str | None = None) -> str:

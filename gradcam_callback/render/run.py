@@ -100,7 +100,7 @@ class Renderer:
         ``sample_labels`` (the task's words for each sample's label)."""
         shown = self.display_images(samples)
         labels = sample_labels if sample_labels is not None else [None] * len(samples.indices)
-        names = [sample_title(index, None) + (f" {label}" if label else "")
+        names = [sample_title(index, label)
                  for index, label in zip(samples.indices, labels, strict=True)]
         return [filmstrip(resize_tiles(shown[page], self.options.max_image_size),
                           maps[:, page], titles, names[page], colormap=self.options.colormap,
