@@ -41,11 +41,12 @@ class Explained:
     """The explanation of a batch.
 
     Attributes:
-        rows: ``(title, maps)`` per row shown; maps ``(N, H, W)`` float32 in ``[0, 1]`` at
-            the inputs' size, on the CPU, all zero for a sample whose outputs are not finite.
+        rows: ``(title, maps)`` per row shown; maps ``(N, *S)`` float32 in ``[0, 1]`` at
+            the inputs' spatial size (``(N, H, W)``, ``(N, T)``, ``(N, D, H, W)``), on the
+            CPU, all zero for a sample whose outputs are not finite.
         logits: the model's output ``(N, ...)`` of the same forward pass, detached, on the CPU.
         finite: ``(N,)`` bool, whether each sample's outputs are all finite.
-        layer_size: the explained layer's own resolution ``(h, w)``.
+        layer_size: the explained layer's own resolution (``(h, w)``, ``(t,)``, ``(d, h, w)``).
         task: the task read (:class:`~gradcam_callback.tasks.Task`).
         labels: the labels as the task reads them, or ``None``.
         explained: ``(N,)`` what the first row's maps explain per sample (class, side,
@@ -178,9 +179,10 @@ class Explainer:
             rows = [(f"{title} (predicted)", first), (f"{title} (label)", by_label)]
         if not finite.all():
             self._warn_not_finite(finite, indices)
-            rows = [(name, torch.where(finite.view(-1, 1, 1), maps, 0.0)) for name, maps in rows]
+            keep = finite.view(-1, *[1] * (first.dim() - 1))
+            rows = [(name, torch.where(keep, maps, 0.0)) for name, maps in rows]
         explained = task.explained(primary, logits, task_labels)
-        size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        size = tuple(int(side) for side in inputs.shape[2:])
         return Explained(rows, logits, finite, layer_size, task, task_labels, explained,
                          task.regions(task_labels, explained, size),
                          None if primary_only else task.outlines(logits, explained, size))
@@ -214,7 +216,7 @@ class Explainer:
                                    f"({chosen}): {result.reading}")
         self.layer_name, self.reading = result.layer_name, result.reading
         raw = result.cams.detach().float()
-        maps = min_max(resize_maps(raw, inputs.shape[-2:])).cpu()
+        maps = min_max(resize_maps(raw, inputs.shape[2:])).cpu()
         return maps, result.logits.detach().cpu(), tuple(raw.shape[1:])
 
     def _warn_not_finite(self, finite: Tensor, indices: Sequence[int] | None) -> None:

@@ -1,7 +1,8 @@
 """The maps of every logged validation run, for drift and the filmstrip; checkpointed.
 
-Maps are kept small (longer side at most :data:`HISTORY_SIZE`, float16, on the CPU): 64
-runs of 8 samples cost about 4 MB.
+Maps are kept small, float16, on the CPU: images with the longer side at most
+:data:`HISTORY_SIZE` (64 runs of 8 samples cost about 4 MB), volumes at most 32 voxels a
+side, signals at most 256 steps (:data:`HISTORY_SIDES`).
 
 The checkpointed state is versioned (:data:`STATE_VERSION`); states of the 0.1 callback
 (keys ``history_*``) load too. Maps of another size than the current ones (the
@@ -18,11 +19,14 @@ import torch
 from torch import Tensor
 
 from gradcam_callback.metrics import attention_drift
-from gradcam_callback.ops import resize_maps, shrink_maps
+from gradcam_callback.ops import resize_maps, shrink_maps, shrunk_size
 
-__all__ = ["HISTORY_SIZE", "History", "evenly_spaced"]
+__all__ = ["HISTORY_SIDES", "HISTORY_SIZE", "History", "evenly_spaced", "history_size"]
 
 HISTORY_SIZE = 64
+HISTORY_SIDES = {1: 256, 2: HISTORY_SIZE, 3: 32}
+"""The longest side kept per spatial rank: signals 256 steps, images 64 px, volumes 32
+voxels (64 runs of 8 volumes cost about 32 MB)."""
 STATE_VERSION = 3
 """3: the callback's state adds the sample options; 2: ``epochs``/``steps``/``maps``;
 1 (0.1): ``history_epochs``/``history_steps``/``history_maps``."""
@@ -35,7 +39,7 @@ class History:
     Attributes:
         epochs: the epoch of each run.
         steps: the global step of each run.
-        runs: per run, float16 maps ``(N, h, w)`` on the CPU, all of one size.
+        runs: per run, float16 maps ``(N, *s)`` on the CPU, all of one size.
     """
 
     epochs: list[int] = field(default_factory=list)
@@ -44,7 +48,7 @@ class History:
 
     @property
     def maps(self) -> Tensor | None:
-        """All runs as ``(R, N, h, w)`` float32, or ``None`` before the first run."""
+        """All runs as ``(R, N, *s)`` float32, or ``None`` before the first run."""
         return torch.stack(self.runs).float() if self.runs else None
 
     def __len__(self) -> int:
@@ -54,8 +58,8 @@ class History:
         """Keep this run's maps; return ``drift`` (vs the previous run) and
         ``drift_from_start`` (vs the first), means over the samples, from the second run on.
         """
-        small = shrink_maps(cams.detach().float().cpu(), HISTORY_SIZE)
-        self.fit_to(small.shape[0], (int(cams.shape[-2]), int(cams.shape[-1])))
+        small = shrink_maps(cams.detach().float().cpu(), HISTORY_SIDES[cams.dim() - 1])
+        self.fit_to(small.shape[0], tuple(int(side) for side in cams.shape[1:]))
         drift = {}
         if self.runs:
             current = small.half().float()
@@ -84,8 +88,9 @@ class History:
         """Restore from :meth:`state_dict` (or the 0.1 callback's keys).
 
         Raises:
-            ValueError: the state is not a history (its maps are not ``(R, N, h, w)`` or
-                do not match its epochs and steps); the history is left empty.
+            ValueError: the state is not a history (its maps are not ``(R, N, *s)`` with
+                one to three spatial dims, or do not match its epochs and steps); the
+                history is left empty.
         """
         self.clear()
         maps = state.get("maps", state.get("history_maps"))
@@ -93,7 +98,7 @@ class History:
         steps = list(state.get("steps", state.get("history_steps", [])))
         if maps is None and not epochs:
             return
-        if not isinstance(maps, Tensor) or maps.dim() != 4 or not (
+        if not isinstance(maps, Tensor) or maps.dim() not in (3, 4, 5) or not (
                 len(maps) == len(epochs) == len(steps)):
             shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
             raise ValueError(
@@ -104,22 +109,34 @@ class History:
         self.steps = [int(s) for s in steps]
         self.runs = [run.half() for run in maps.detach().cpu().unbind(0)]
 
-    def fit_to(self, count: int, size: tuple[int, int]) -> bool:
+    def fit_to(self, count: int, size: tuple[int, ...]) -> bool:
         """Make the kept maps comparable with new maps of ``count`` samples at ``size``.
 
-        Maps of another size are resized into the history (the images' size changed); a
-        different number of samples cannot be matched, so the history is cleared.
-        Returns whether the history was kept.
+        Maps of another size are resized into the history (the inputs' size changed); a
+        different number of samples, or maps of another rank, cannot be matched, so the
+        history is cleared. Returns whether the history was kept.
         """
         if not self.runs:
             return True
-        if self.runs[0].shape[0] != count:  # other samples: their maps cannot be compared
+        if (self.runs[0].shape[0] != count  # other samples: their maps cannot be compared
+                or self.runs[0].dim() != len(size) + 1):
             self.clear()
             return False
-        target = tuple(shrink_maps(torch.zeros(1, *size), HISTORY_SIZE).shape[-2:])
-        if tuple(self.runs[0].shape[-2:]) != target:
+        target = history_size(size)
+        if tuple(self.runs[0].shape[1:]) != target:
             self.runs = [resize_maps(run.float(), target).half() for run in self.runs]
         return True
+
+
+def history_size(size: tuple[int, ...]) -> tuple[int, ...]:
+    """The size the history keeps of maps at ``size`` (:data:`HISTORY_SIDES`).
+
+    Example::
+
+        >>> history_size((128, 96)), history_size((64, 64, 64)), history_size((5000,))
+        ((64, 48), (32, 32, 32), (256,))
+    """
+    return shrunk_size(size, HISTORY_SIDES[len(size)])
 
 
 def evenly_spaced(count: int, limit: int) -> list[int]:

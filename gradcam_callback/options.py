@@ -122,6 +122,31 @@ class PictureOptions:
     image_dir: str | None = None
     per_sample_images: bool = False
     samples_per_page: int = 16
+    slice_axis: int | None = None
+    signal_channels: tuple[int, ...] | None = None
+
+    def check_kind(self, kind: str, shape: tuple[int, ...]) -> None:
+        """Refuse an option that does not apply to the inputs (``kind``: ``"image"``,
+        ``"signal"``, ``"volume"``) before training, naming it.
+
+        Raises:
+            ValueError: ``slice_axis`` without volumes, ``signal_channels`` without
+                signals, or a channel the signals do not have.
+        """
+        if self.slice_axis is not None and kind != "volume":
+            raise ValueError(f"slice_axis={self.slice_axis}: slices are cut from volumes "
+                             f"(N, C, D, H, W), and the inputs are {kind}s {shape}; leave "
+                             "slice_axis unset")
+        if self.signal_channels is not None and kind != "signal":
+            raise ValueError(f"signal_channels={list(self.signal_channels)}: lines are drawn "
+                             f"for signals (N, C, T), and the inputs are {kind}s {shape}; "
+                             "leave signal_channels unset")
+        if self.signal_channels is not None:
+            beyond = [c for c in self.signal_channels if c >= shape[1]]
+            if beyond:
+                raise ValueError(f"signal_channels={list(self.signal_channels)}: the signals "
+                                 f"{shape} have {shape[1]} channel(s), so channel "
+                                 f"{beyond[0]} is not one (valid: 0..{shape[1] - 1})")
 
 
 @dataclass(frozen=True)
@@ -221,6 +246,8 @@ def validated_options(**options: Any) -> CallbackOptions:
                                                minimum=1),
         "alarms": dict(alarms) if alarms else {},
         "alarm_action": _checks.check_choice("alarm_action", o["alarm_action"], ALARM_ACTIONS),
+        "slice_axis": _check_slice_axis(o["slice_axis"]),
+        "signal_channels": _check_channels(o["signal_channels"]),
     }
     names = flat["class_names"]
     if flat["task"] == "binary" and names is not None and len(names) != 2:
@@ -251,7 +278,8 @@ def validated_options(**options: Any) -> CallbackOptions:
             max_image_size=flat["max_image_size"], filmstrip_max=flat["filmstrip_max"],
             save_gif=flat["save_gif"], image_format=flat["image_format"],
             image_dir=flat["image_dir"], per_sample_images=flat["per_sample_images"],
-            samples_per_page=flat["samples_per_page"]),
+            samples_per_page=flat["samples_per_page"], slice_axis=flat["slice_axis"],
+            signal_channels=_tuple(flat["signal_channels"])),
         statistics=StatisticsOptions(
             metric_samples=flat["metric_samples"], metric_batch_size=flat["metric_batch_size"],
             alarms=tuple(parse_alarms(alarms)), alarm_action=flat["alarm_action"]),
@@ -286,6 +314,29 @@ def _check_threshold(value: object) -> float:
         raise ValueError(f"threshold={number!r}: a multi-label threshold must be strictly "
                          "between 0 and 1 (e.g. 0.5)")
     return number
+
+
+SLICE_AXES = {0: "depth", 1: "height", 2: "width"}
+"""A volume's spatial axes, as ``slice_axis`` names them."""
+
+
+def _check_slice_axis(value: object) -> int | None:
+    """``slice_axis``: ``None`` (depth) or a spatial axis of a volume, 0, 1 or 2."""
+    axis = _checks.check_int("slice_axis", value, allow_none=True)
+    if axis is not None and axis not in SLICE_AXES:
+        raise ValueError(f"slice_axis={axis}: outside the volume; a volume (N, C, D, H, W) "
+                         "has spatial axes 0 (depth), 1 (height) and 2 (width)")
+    return axis
+
+
+def _check_channels(value: object) -> list[int] | None:
+    """``signal_channels``: ``None``, a channel index, or a non-empty list of them."""
+    if value is None:
+        return None
+    if _checks.is_number(value) and not isinstance(value, bool):
+        value = [value]
+    channels = _checks.check_int_sequence("signal_channels", value)
+    return None if channels is None else list(channels)
 
 
 def _tuple(values: Any) -> tuple[Any, ...] | None:

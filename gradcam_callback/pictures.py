@@ -79,6 +79,7 @@ class Pictures:
         """The grid's pages (the first ``limit``), captioned with the predictions as the
         task reads them (segmentation: the predicted region outlined)."""
         self.progress("rendering", "")
+        self.renderer.options.check_kind(samples.kind, tuple(samples.inputs.shape))
         captions, wrong = explained.task.captions(explained.logits, explained.labels,
                                                   samples.class_names, explained.explained)
         pages = self.renderer.grid_pages(samples, explained.rows, captions, wrong,

@@ -533,7 +533,7 @@ class Task:
         return Grouping(count, predicted, by_prediction, by_label)
 
     def regions(self, labels: Tensor | None, explained: Tensor | None,
-                size: tuple[int, int]) -> dict[str, Tensor]:
+                size: tuple[int, ...]) -> dict[str, Tensor]:
         """Regions the labels give: segmentation's :data:`LABEL_REGION`, the labelled
         pixels of the explained class, at the inputs' ``size``."""
         if self.name != "segmentation" or labels is None or explained is None:
@@ -542,7 +542,7 @@ class Task:
         return {LABEL_REGION: resize_region(region, size)}
 
     def outlines(self, logits: Tensor, explained: Tensor | None,
-                 size: tuple[int, int]) -> Tensor | None:
+                 size: tuple[int, ...]) -> Tensor | None:
         """Segmentation: the pixels predicted as the explained class ``(N, H, W)`` at
         ``size``, which the grid outlines; ``None`` for the other tasks."""
         if self.name != "segmentation" or explained is None:

@@ -152,14 +152,17 @@ FAIL_FAST = {
         r"mask_fn must return a dict"),
     "mask_fn returning a mask of the wrong size": (
         {"mask_fn": lambda batch: {"left": torch.ones(3, 32, 32)}}, {"data": ShapesData()},
-        ValueError, r"mask 'left' must be \(N, H, W\) with N = 8, got \(3, 32, 32\)"),
+        ValueError, r"mask 'left' must be \(N, H, W\) with N = 8, the rank of the inputs "
+        r"\(8, 3, 32, 32\), got \(3, 32, 32\)"),
     "a mask_fn that fits the shown samples only (the statistics read more)": (
         {"mask_fn": lambda batch: {"left": torch.ones(8, 32, 32, dtype=torch.bool)},
          "metric_samples": 16}, {"data": ShapesData(n_val=24)}, ValueError,
-        r"mask 'left' must be \(N, H, W\) with N = 16, got \(8, 32, 32\)"),
+        r"mask 'left' must be \(N, H, W\) with N = 16, the rank of the inputs "
+        r"\(16, 3, 32, 32\), got \(8, 32, 32\)"),
     "batch_to_input returning the labels": (
         {"batch_to_input": lambda batch: batch[1]}, {}, ValueError,
-        r"expected image inputs \(N, C, H, W\), but batch_to_input returned \(8,\)"),
+        r"images \(N, C, H, W\) or volumes \(N, C, D, H, W\), but batch_to_input "
+        r"returned \(8,\)"),
     "batch_to_input returning three things": (
         {"batch_to_input": lambda batch: (*batch, batch[1])}, {}, ValueError,
         r"batch_to_input must return inputs or \(inputs, labels\), got a tuple of 3"),
@@ -228,7 +231,8 @@ def test_mask_keys_that_are_not_masks_are_skipped_with_one_warning_and_n1hw_is_s
     with pytest.warns(UserWarning) as record:
         trainer, _ = fit(tmp_path, [callback], max_epochs=2, data=data)
     skipped = [m for m in gradcam_warnings(record) if "padding_mask" in m]
-    assert len(skipped) == 1 and "must be (N, H, W) with N = 4, got (4, 7)" in skipped[0]
+    assert len(skipped) == 1 and ("must be (N, H, W) with N = 4, the rank of the inputs "
+                                  "(4, 3, 32, 32), got (4, 7)") in skipped[0]
     masks = callback.samples.masks
     assert list(masks) == ["stripe_mask"] and masks["stripe_mask"].shape == (4, 32, 32)
     expected = torch.stack([MaskedSet()[i]["image"][0] > 0 for i in range(4)])

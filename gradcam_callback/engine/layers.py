@@ -222,8 +222,8 @@ def earlier_spatial_layer(model: nn.Module, inputs: Tensor, layer_name: str,
     if target not in names:
         return None
     for name, _, out in reversed(outputs[: names.index(target)]):
-        if (name and isinstance(out, Tensor) and out.dim() == 4
-                and min(out.shape[2], out.shape[3]) >= min_cells
+        if (name and isinstance(out, Tensor) and out.dim() == inputs.dim()
+                and min(out.shape[2:]) >= min_cells
                 and not target.startswith(name + ".")):
             return name
     return None

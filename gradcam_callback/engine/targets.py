@@ -394,7 +394,7 @@ class SegmentationTarget(Target):
         return SegmentationTarget(_part(self.classes, part), regions, self.background)
 
 
-def resize_region(region: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_region(region: Tensor, size: tuple[int, ...]) -> Tensor:
     """Bool masks ``(N, H, W)`` at ``size`` (nearest); unchanged when they fit."""
     region = region.bool()
     if tuple(region.shape[-2:]) == tuple(size):

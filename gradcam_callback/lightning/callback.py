@@ -100,6 +100,9 @@ class GradCAMCallback(Callback):
             ``"multilabel"``, ``"segmentation"`` or ``"regression"`` (README: Tasks).
         threshold: multi-label: a label is predicted where its sigmoid is above this.
         background: segmentation: the class ``"predicted"`` passes over (``None``: none).
+        slice_axis: volumes: the spatial axis sliced for the pictures, 0 (depth, the
+            default), 1 (height) or 2 (width).
+        signal_channels: signals: the channel(s) drawn as lines (default: the first three).
 
     Raises:
         TypeError: an argument of the wrong type (the message names it and what is valid).
@@ -169,6 +172,8 @@ class GradCAMCallback(Callback):
                       "regression"] = "auto",
         threshold: float = 0.5,
         background: int | None = 0,
+        slice_axis: int | None = None,
+        signal_channels: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self._options = options = validated_options(**{k: v for k, v in locals().items()

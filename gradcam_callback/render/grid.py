@@ -24,8 +24,8 @@ from gradcam_callback.ops import resize_maps
 from gradcam_callback.render.colormap import heatmap
 from gradcam_callback.render.overlay import overlay, to_uint8
 
-__all__ = ["NO_EVIDENCE", "annotated_grid", "explanation_grid", "no_evidence_notes",
-           "region_edges"]
+__all__ = ["NO_EVIDENCE", "annotated_grid", "explanation_grid", "framed", "no_evidence_notes",
+           "region_edges", "stack_blocks"]
 
 BACKGROUND = (24, 24, 24)
 TEXT = (235, 235, 235)
@@ -67,7 +67,8 @@ def annotated_grid(
         wrong: per column, draw a red frame around it (a wrong prediction).
         font_size: text size in pixels; ``None`` scales it with the tiles (13 px up to
             156 px wide tiles, then a twelfth of the tile width).
-        header: a line written across the top, e.g. ``"epoch 3 · step 120"``.
+        header: text written across the top, e.g. ``"epoch 3 · step 120"`` (lines
+            separated by ``"\n"``).
         notes: text written over single tiles, keyed by ``(row, column)``, e.g. ``"no
             positive evidence"`` on an all-zero map; wrapped to the tile's width.
 
@@ -85,13 +86,15 @@ def annotated_grid(
     line_h = font_size + 4
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     captions = [_wrap_list(lines, tile_w, font, measure) for lines in captions]
-    header_h = 0 if not header else line_h + 2 * GAP
+    header_lines = header.split("\n") if header else []
+    header_h = 0 if not header else line_h * len(header_lines) + 2 * GAP
     caption_h = header_h + GAP + line_h * max((len(c) for c in captions), default=0)
     title_w = GAP * 2 + max(int(measure.textlength(t, font=font)) for t in row_titles)
     col_w = tile_w + 2 * GAP
     width = title_w + count * col_w
     if header:
-        width = max(width, int(measure.textlength(header, font=font)) + 2 * GAP)
+        width = max(width, *(int(measure.textlength(line, font=font)) + 2 * GAP
+                             for line in header_lines))
     height = caption_h + len(rows) * (tile_h + GAP) + GAP
 
     canvas = torch.tensor(BACKGROUND, dtype=torch.uint8).view(3, 1, 1).repeat(1, height, width)
@@ -102,8 +105,8 @@ def annotated_grid(
             canvas[:, top : top + tile_h, left : left + tile_w] = row[c]
     picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
     draw = ImageDraw.Draw(picture)
-    if header:
-        draw.text((GAP, GAP), header, fill=TEXT, font=font)
+    for i, line in enumerate(header_lines):
+        draw.text((GAP, GAP + i * line_h), line, fill=TEXT, font=font)
     for c, lines in enumerate(captions):
         left = title_w + c * col_w + GAP
         for i, line in enumerate(lines):
@@ -172,6 +175,53 @@ def explanation_grid(
             titles.append("heatmap")
     return annotated_grid(rows, titles, captions, wrong, font_size=font_size, header=header,
                           notes=notes)
+
+
+def stack_blocks(blocks: Sequence[Tensor], *, header: str | None = None,
+                 font_size: int = MIN_FONT) -> Tensor:
+    """Pictures ``(3, h_i, w_i)`` one under the other, left-aligned on the grid's
+    background, under an optional ``header`` line: a page of signals or volumes, one
+    block per sample.
+
+    Example::
+
+        >>> a, b = torch.zeros(3, 4, 6, dtype=torch.uint8), torch.zeros(3, 5, 8, dtype=torch.uint8)
+        >>> tuple(stack_blocks([a, b]).shape)
+        (3, 27, 20)
+    """
+    if not blocks:
+        raise ValueError("stack_blocks needs at least one block")
+    font = _font(font_size)
+    line_h = font_size + 4
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    header_h = line_h + GAP if header else 0
+    width = max(int(block.shape[2]) for block in blocks) + 2 * GAP
+    if header:
+        width = max(width, int(measure.textlength(header, font=font)) + 2 * GAP)
+    height = header_h + sum(int(block.shape[1]) + GAP for block in blocks) + GAP
+    canvas = torch.tensor(BACKGROUND, dtype=torch.uint8).view(3, 1, 1).repeat(1, height, width)
+    top = header_h + GAP
+    for block in blocks:
+        canvas[:, top : top + block.shape[1], GAP : GAP + block.shape[2]] = block
+        top += int(block.shape[1]) + GAP
+    if not header:
+        return canvas
+    picture = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+    ImageDraw.Draw(picture).text((GAP, GAP), header, fill=TEXT, font=font)
+    return torch.from_numpy(np.array(picture, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def framed(picture: Tensor, colour: tuple[int, int, int] = WRONG,
+           width: int = FRAME) -> Tensor:
+    """``picture`` ``(3, h, w)`` uint8 with a frame ``width`` px wide drawn inside its edge
+    (a wrong prediction's red frame around a sample's block)."""
+    out = picture.clone()
+    paint = torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)
+    out[:, :width, :] = paint
+    out[:, -width:, :] = paint
+    out[:, :, :width] = paint
+    out[:, :, -width:] = paint
+    return out
 
 
 def region_edges(regions: Tensor, size: Sequence[int] | torch.Size) -> Tensor:

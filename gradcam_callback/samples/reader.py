@@ -24,13 +24,18 @@ from gradcam_callback.options import SampleOptions
 from gradcam_callback.samples.display import Display
 
 __all__ = [
+    "KINDS",
     "MASK_THRESHOLD",
     "FixedSamples",
     "SampleReader",
     "dataset_class_names",
     "dataset_size",
     "empty_masks",
+    "input_kind",
 ]
+
+KINDS = {3: ("signal", "(N, T)"), 4: ("image", "(N, H, W)"), 5: ("volume", "(N, D, H, W)")}
+"""Input rank -> the kind of input and the shape of its masks (and maps)."""
 
 MASK_THRESHOLD = 0.5
 """A soft mask counts a pixel as inside where its value is above this (metrics do the same)."""
@@ -42,11 +47,13 @@ class FixedSamples:
 
     Attributes:
         indices: their dataset indices.
-        inputs: the model inputs ``(N, C, H, W)`` as the loader's collate made them.
+        inputs: the model inputs as the loader's collate made them: images ``(N, C, H, W)``,
+            signals ``(N, C, T)`` or volumes ``(N, C, D, H, W)``.
         labels: the labels as the batch holds them (one row per sample: class indices,
             0/1 sides, multi-hot rows, label masks, values), or ``None`` when the batch has
             none; the task reads them (:meth:`gradcam_callback.tasks.Task.labels`).
-        masks: named bool region masks ``(N, H, W)``.
+        masks: named bool region masks of the inputs' rank: ``(N, H, W)``, ``(N, T)`` or
+            ``(N, D, H, W)``.
         label_note: when ``labels`` is ``None``: why (no labels; labels that are not one
             row per input) and what to do.
         class_names: the names shown for class indices: the ``class_names`` option, else
@@ -63,9 +70,14 @@ class FixedSamples:
     display: Display = field(default_factory=Display.batch_scaled)
 
     @property
-    def size(self) -> tuple[int, int]:
-        """The inputs' ``(H, W)``."""
-        return int(self.inputs.shape[-2]), int(self.inputs.shape[-1])
+    def size(self) -> tuple[int, ...]:
+        """The inputs' spatial size: ``(H, W)``, ``(T,)`` or ``(D, H, W)``."""
+        return tuple(int(side) for side in self.inputs.shape[2:])
+
+    @property
+    def kind(self) -> str:
+        """``"image"``, ``"signal"`` or ``"volume"`` (see :func:`input_kind`)."""
+        return input_kind(self.inputs)
 
 
 @dataclass(frozen=True)
@@ -186,12 +198,13 @@ class SampleReader:
             labels = batch[1] if len(batch) > 1 else None
         else:
             inputs, labels = batch, None
-        if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+        if not isinstance(inputs, Tensor) or inputs.dim() not in KINDS:
             shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
             source = ("batch_to_input returned" if self.options.batch_to_input is not None
                       else "the batch holds")
             raise ValueError(
-                f"GradCAMCallback: expected image inputs (N, C, H, W), but {source} "
+                f"GradCAMCallback: expected inputs with a batch and a channel dim: signals "
+                f"(N, C, T), images (N, C, H, W) or volumes (N, C, D, H, W), but {source} "
                 f"{shape}; pass batch_to_input= (a callable batch -> inputs or "
                 "(inputs, labels)) for other batch formats"
             )
@@ -214,11 +227,12 @@ class SampleReader:
 
     def masks(self, batch: Any, inputs: Tensor,
               notices: Notices | None = None) -> dict[str, Tensor]:
-        """Named regions ``(N, H, W)`` bool, from ``mask_fn`` or the batch's mask keys.
+        """Named bool regions of the inputs' rank (``(N, H, W)``, ``(N, T)``,
+        ``(N, D, H, W)``), from ``mask_fn`` or the batch's mask keys.
 
-        A ``(N, 1, H, W)`` mask is squeezed. With automatic discovery (keys ending in
-        ``_mask``) a value that is not a mask is skipped with one warning; a mask named
-        explicitly (``mask_keys``, ``mask_fn``) must be one.
+        A mask with a channel dim of one (``(N, 1, H, W)``) is squeezed. With automatic
+        discovery (keys ending in ``_mask``) a value that is not a mask is skipped with one
+        warning; a mask named explicitly (``mask_keys``, ``mask_fn``) must be one.
         """
         explicit = True
         if self.options.mask_fn is not None:
@@ -242,13 +256,16 @@ class SampleReader:
         else:
             return {}
         masks = {}
+        rank = inputs.dim() - 1  # (N, *S)
+        want = KINDS[inputs.dim()][1]
         for name, mask in found.items():
-            if isinstance(mask, Tensor) and mask.dim() == 4 and mask.shape[1] == 1:
+            if isinstance(mask, Tensor) and mask.dim() == rank + 1 and mask.shape[1] == 1:
                 mask = mask[:, 0]
-            if not isinstance(mask, Tensor) or mask.dim() != 3 or mask.shape[0] != len(inputs):
+            if (not isinstance(mask, Tensor) or mask.dim() != rank
+                    or mask.shape[0] != len(inputs)):
                 shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
-                message = (f"mask {name!r} must be (N, H, W) with N = {len(inputs)}, "
-                           f"got {shape}")
+                message = (f"mask {name!r} must be {want} with N = {len(inputs)}, the rank of "
+                           f"the inputs {tuple(inputs.shape)}, got {shape}")
                 if explicit:
                     raise ValueError(f"GradCAMCallback: {message}")
                 (notices or Notices()).warn_once(
@@ -271,6 +288,21 @@ def _label_problem(labels: object, count: int) -> str | None:
         return (f"the labels have shape {tuple(labels.shape)}, not one row per input "
                 f"({count}, ...)")
     return None
+
+
+def input_kind(inputs: Tensor) -> str:
+    """``"signal"`` for ``(N, C, T)``, ``"image"`` for ``(N, C, H, W)``, ``"volume"`` for
+    ``(N, C, D, H, W)``.
+
+    Example::
+
+        >>> input_kind(torch.zeros(2, 1, 8, 8, 8)), input_kind(torch.zeros(2, 12, 500))
+        ('volume', 'signal')
+    """
+    if inputs.dim() not in KINDS:
+        raise ValueError(f"inputs {tuple(inputs.shape)} are neither signals (N, C, T), images "
+                         "(N, C, H, W) nor volumes (N, C, D, H, W)")
+    return KINDS[inputs.dim()][0]
 
 
 def empty_masks(samples: FixedSamples) -> dict[str, list[int]]:

@@ -58,8 +58,13 @@ __all__ = [
 
 MAP_SIZE = 32
 """Class maps and the consistency scalar are computed on maps shrunk to this side (pixels)."""
+MAP_SIZES = {1: 256, 2: MAP_SIZE, 3: 16}
+"""The side of the class maps per spatial rank: signals keep 256 steps (a curve), volumes
+16 voxels a side (4,096 cells, as many as a 64 px image)."""
 IMAGE_SIZE = 64
 """The mean input image (the class maps' backdrop) is kept at this side."""
+IMAGE_SIZES = {1: 256, 2: IMAGE_SIZE, 3: 32}
+"""The side of the mean input per spatial rank."""
 MIN_CELLS = 4
 """A map with fewer cells than this along a side is too coarse for region metrics."""
 Z95 = 1.959964
@@ -79,13 +84,14 @@ class StatisticsResult:
             that is defined; never NaN.
         undefined: the scalars left out of ``scalars`` this time, each with its cause.
         count: how many samples were explained (all ranks together).
-        by_prediction: mean map per predicted class ``(C, h, w)`` (zeros where no sample).
+        by_prediction: mean map per predicted class ``(C, *s)`` (``(C, h, w)``, ``(C, t)``,
+            ``(C, d, h, w)``; zeros where no sample).
         prediction_counts: samples per predicted class ``(C,)``.
-        by_label: mean map per labelled class ``(C, h, w)``, or ``None`` without labels.
+        by_label: mean map per labelled class ``(C, *s)``, or ``None`` without labels.
         label_counts: samples per labelled class ``(C,)``, or ``None``.
-        mean_image: the mean model input ``(C_in, h, w)`` (for a backdrop).
-        layer_size: the explained layer's own resolution ``(h, w)``.
-        input_size: the inputs' ``(H, W)``.
+        mean_image: the mean model input ``(C_in, *s)`` (for a backdrop).
+        layer_size: the explained layer's own resolution (``(h, w)``, ``(t,)``, ...).
+        input_size: the inputs' spatial size (``(H, W)``, ``(T,)``, ``(D, H, W)``).
     """
 
     scalars: dict[str, float]
@@ -96,8 +102,8 @@ class StatisticsResult:
     by_label: Tensor | None
     label_counts: Tensor | None
     mean_image: Tensor
-    layer_size: tuple[int, int]
-    input_size: tuple[int, int]
+    layer_size: tuple[int, ...]
+    input_size: tuple[int, ...]
 
     @property
     def cell_pixels(self) -> int:
@@ -160,7 +166,8 @@ class AttentionStatistics:
     reduction) gives them their layout.
     """
 
-    map_size: int = MAP_SIZE
+    map_size: int | None = None
+    """The class maps' side; ``None``: by the inputs' rank (:data:`MAP_SIZES`)."""
     moments: dict[str, Tensor] = field(default_factory=dict)
     num_classes: int = 0
     prediction_sums: Tensor = field(default_factory=lambda: _zeros(0))
@@ -171,8 +178,8 @@ class AttentionStatistics:
     top_counts: Tensor = field(default_factory=lambda: _zeros(0))
     image_sum: Tensor = field(default_factory=lambda: _zeros(0))
     count: int = 0
-    layer_size: tuple[int, int] | None = None
-    input_size: tuple[int, int] | None = None
+    layer_size: tuple[int, ...] | None = None
+    input_size: tuple[int, ...] | None = None
     has_labels: bool = False
     _tops: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
@@ -182,19 +189,19 @@ class AttentionStatistics:
         """Fold in one chunk.
 
         Args:
-            cams: min-max normalised maps at the inputs' size ``(N, H, W)``.
-            layer_size: the layer's own ``(h, w)``.
-            inputs: the model inputs ``(N, C, H, W)`` (for the mean image).
+            cams: min-max normalised maps at the inputs' size ``(N, *S)``.
+            layer_size: the layer's own resolution.
+            inputs: the model inputs ``(N, C, *S)`` (for the mean image).
             logits: ``(N, classes)``; without ``grouping``, the predicted class is their
                 argmax.
             labels: ``(N,)`` class indices or ``None`` (read without ``grouping`` only).
-            masks: named bool masks ``(N, H, W)``.
+            masks: named bool masks ``(N, *S)``.
             grouping: how the samples group (the task's: sides, labels, classes); ``None``
                 groups single-label classification outputs by argmax and ``labels``.
         """
         cams = cams.detach().float().cpu()
-        self.layer_size = (int(layer_size[0]), int(layer_size[1]))
-        self.input_size = (int(cams.shape[-2]), int(cams.shape[-1]))
+        self.layer_size = _sides(layer_size)
+        self.input_size = _sides(cams.shape[1:])
         tolerance = cell_pixels(self.input_size, self.layer_size)
         for name, values in attention_scalars(cams, masks, tolerance).items():
             self._add_moments(name, values)
@@ -202,15 +209,15 @@ class AttentionStatistics:
             grouping = Task("multiclass").grouping(logits, labels)
         predictions = grouping.predicted.long().cpu()
         self._ensure_classes(grouping.count, inputs)
-        small = shrink_maps(cams, self.map_size)
+        small = shrink_maps(cams, self._map_side(cams.dim() - 1))
         self._add_class_maps(small, grouping)
         top = top_cells(small)  # no top cells for a map without evidence: it shares nothing
         self.top_sums.index_add_(0, predictions, top.double())
         self.top_counts.index_add_(0, predictions, torch.ones(len(top), dtype=torch.float64))
         self._tops.append((top, predictions))
         images = inputs.detach().float().cpu()
-        small_images = shrink_maps(images.flatten(0, 1), IMAGE_SIZE)
-        self.image_sum += small_images.view(*images.shape[:2], *small_images.shape[-2:]) \
+        small_images = shrink_maps(images.flatten(0, 1), IMAGE_SIZES[images.dim() - 2])
+        self.image_sum += small_images.view(*images.shape[:2], *small_images.shape[1:]) \
             .sum(0).double()
         self.count += len(cams)
 
@@ -310,18 +317,23 @@ class AttentionStatistics:
         self.moments[name] = self.moments.get(name, torch.zeros(3, dtype=torch.float64)) \
             + moments
 
+    def _map_side(self, rank: int) -> int:
+        return self.map_size if self.map_size is not None else MAP_SIZES[rank]
+
     def _means(self, sums: Tensor, counts: Tensor) -> Tensor:
         if not self.allocated:
-            return torch.zeros(0, self.map_size, self.map_size)
-        return (sums / counts.clamp(min=1).view(-1, 1, 1)).float()
+            side = self._map_side(2)
+            return torch.zeros(0, side, side)
+        return (sums / counts.clamp(min=1).view(-1, *[1] * (sums.dim() - 1))).float()
 
     def _ensure_classes(self, num_classes: int, inputs: Tensor) -> None:
         if self.allocated and num_classes <= self.num_classes:
             return
-        height, width = shrunk_size(inputs.shape[-2:], IMAGE_SIZE)
+        spatial = inputs.shape[2:]
         self._adopt({"num_classes": num_classes,
-                     "map_shape": shrunk_size(inputs.shape[-2:], self.map_size),
-                     "image_shape": (inputs.shape[1], height, width)})
+                     "map_shape": shrunk_size(spatial, self._map_side(len(spatial))),
+                     "image_shape": (inputs.shape[1],
+                                     *shrunk_size(spatial, IMAGE_SIZES[len(spatial)]))})
 
     def _adopt(self, layout: dict[str, Any]) -> None:
         """Make every sum the shape ``layout`` says (zeros where this rank has nothing)."""
@@ -337,7 +349,7 @@ class AttentionStatistics:
 
         self.prediction_sums = grown(self.prediction_sums, (classes, *shape))
         self.label_sums = grown(self.label_sums, (classes, *shape))
-        self.top_sums = grown(self.top_sums, (classes, shape[0] * shape[1]))
+        self.top_sums = grown(self.top_sums, (classes, math.prod(shape)))
         self.top_counts = grown(self.top_counts, (classes,))
         self.prediction_counts = grown(self.prediction_counts, (classes,))
         self.label_counts = grown(self.label_counts, (classes,))
@@ -345,8 +357,8 @@ class AttentionStatistics:
             self.image_sum = _zeros(*layout["image_shape"])
         self.num_classes = classes
         if layout.get("layer_size") is not None:
-            self.layer_size = _pair(layout["layer_size"])
-            self.input_size = _pair(layout["input_size"])
+            self.layer_size = _sides(layout["layer_size"])
+            self.input_size = _sides(layout["input_size"])
 
     def _add_class_maps(self, small: Tensor, grouping: Grouping) -> None:
         """Each sample's map into every group it belongs to (one for single-label tasks,
@@ -419,5 +431,5 @@ def _zeros(*size: int) -> Tensor:
     return torch.zeros(size, dtype=torch.float64)
 
 
-def _pair(values: Sequence[int]) -> tuple[int, int]:
-    return int(values[0]), int(values[1])
+def _sides(values: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(value) for value in values)

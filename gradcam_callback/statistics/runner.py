@@ -111,15 +111,14 @@ class StatisticsRunner:
                               prepare: Prepare) -> None:
         """Warn once when the layer's maps have fewer than 4 cells a side, naming an
         earlier layer with enough of them (one probe forward on one sample)."""
-        height, width = result.layer_size
-        if (not result.count or min(height, width) >= MIN_CELLS or layer_name is None
+        if (not result.count or min(result.layer_size) >= MIN_CELLS or layer_name is None
                 or not self.notices.first("coarse")):  # once, even if the probe fails
             return
         earlier = earlier_spatial_layer(model, prepare(samples.inputs[:1]), layer_name,
                                         MIN_CELLS)
         self.notices.warn(
-            f"GradCAMCallback: layer {layer_name!r} gives {height}x{width} maps for "
-            f"{result.input_size[0]}x{result.input_size[1]} inputs: too coarse for "
+            f"GradCAMCallback: layer {layer_name!r} gives {_sides(result.layer_size)} maps "
+            f"for {_sides(result.input_size)} inputs: too coarse for "
             f"border_lift, lift and pointing_game (one cell covers {result.cell_pixels} px, "
             "so they barely move between epochs). Explain an earlier layer"
             + (f", e.g. target_layer={earlier!r}." if earlier else "."))
@@ -136,3 +135,8 @@ class StatisticsRunner:
             return samples, explained
 
         return explain_chunk
+
+
+def _sides(size: tuple[int, ...]) -> str:
+    """``"4x4"``; ``"12 steps"`` for a signal."""
+    return f"{size[0]} steps" if len(size) == 1 else "x".join(str(side) for side in size)
