@@ -385,7 +385,7 @@ def test_training_is_bit_identical_with_and_without_the_callback(kind):
 def _lifts(kind: str, shortcut_prob: float, seed: int) -> dict[str, float]:
     model, train, val = world(kind, shortcut_prob, train=512, val=64, seed=seed)
     callback = GradCAMCallback(input_key=kind, on_error="raise", metric_samples=64)
-    trainer = fit(model, train, val, callback, epochs=6)
+    trainer = fit(model, train, val, callback, epochs=10)
     prefix = f"gradcam/{callback.layer_name}/lift/"
     cue, honest = (("blip_mask", "event_mask") if kind == "signal"
                    else ("marker_mask", "object_mask"))
@@ -410,3 +410,86 @@ def test_the_worlds_masks_have_the_inputs_rank():
     assert signal["blip_mask"].shape == signal["signal"].shape[1:]
     assert volume["marker_mask"].shape == volume["volume"].shape[1:]
     assert (volume["volume"][0][volume["marker_mask"]] >= 0.4).all()
+
+
+# ---------------------------------------------------------------- 1-D transformers
+
+
+class _Tokens1D(torch.nn.Module):
+    """A 1-D transformer: a strided Conv1d embeds patches as tokens (N, T, C)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.embed = torch.nn.Conv1d(2, width, 8, stride=8)
+        self.encoder = torch.nn.TransformerEncoderLayer(width, 4, 64, batch_first=True,
+                                                        dropout=0.0)
+        self.norm = torch.nn.LayerNorm(width)
+        self.head = torch.nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.encoder(self.embed(x).transpose(1, 2))).mean(1))
+
+
+@pytest.mark.parametrize("length, width", [(512, 32), (256, 32)])  # 64 x 32; 32 x 32 tokens
+def test_a_1d_transformers_tokens_are_read_as_time_by_channels_and_explained_exactly(
+        length, width):
+    from gradcam_callback import explain_batch
+
+    torch.manual_seed(0)
+    model = _Tokens1D(width).eval()
+    x = torch.randn(4, 2, length)
+    result = explain_batch(model, x, None)
+    assert result.layer_name == "norm" and result.reading.startswith("channels-last")
+    # from scratch: tokens A (N, T, C), weights = gradients averaged over time
+    store = {}
+    handle = model.norm.register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    out = model(x)
+    handle.remove()
+    (g,) = torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), store["a"])
+    cam = torch.relu((g.mean(1, keepdim=True) * store["a"]).sum(2)).detach()  # (N, T)
+    cam = torch.nn.functional.interpolate(cam[:, None], size=length, mode="linear",
+                                          align_corners=False)[:, 0]
+    low, high = cam.amin(1, keepdim=True), cam.amax(1, keepdim=True)
+    expected = (cam - low) / (high - low)
+    assert tuple(result.cams.shape) == (4, length)
+    assert torch.allclose(result.cams, expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------- per-sample pictures, GIFs
+
+
+@pytest.mark.parametrize("kind", ["signal", "volume"])
+def test_gifs_of_signals_and_volumes_have_a_frame_per_run(tmp_path, kind):
+    from PIL import Image
+
+    model, train, val = world(kind, 1.0, train=32, val=8)
+    callback = GradCAMCallback(input_key=kind, on_error="raise", metric_samples=8,
+                               num_samples=2, save_gif=True, image_dir=str(tmp_path))
+    fit(model, train, val, callback, epochs=3)
+    gifs = sorted(tmp_path.rglob("*.gif"))
+    assert [p.name for p in gifs] == [f"{callback.layer_name}_sample0.gif",
+                                     f"{callback.layer_name}_sample1.gif"]
+    with Image.open(gifs[0]) as gif:
+        assert gif.n_frames == 3  # one per validation run of the fit
+
+
+def test_per_sample_pictures_of_signals_are_one_block_each_under_the_header():
+    from gradcam_callback.render.run import Renderer
+    from gradcam_callback.samples import FixedSamples
+
+    torch.manual_seed(0)
+    samples = FixedSamples([4, 9], torch.randn(2, 1, 128), torch.tensor([0, 1]))
+    maps = torch.rand(2, 128)
+    renderer = Renderer()
+    grid = renderer.grid_pages(samples, [("Grad-CAM", maps)], [["a"], ["b"]], [False, True],
+                               header="epoch 1")[0]
+    pictures = dict(renderer.sample_pictures(samples, [("Grad-CAM", maps)], [["a"], ["b"]],
+                                             [False, True], header="epoch 1"))
+    assert list(pictures) == [4, 9]
+    # the grid stacks both blocks; each picture holds one, as wide as the grid
+    assert pictures[4].shape[2] == grid.shape[2]
+    assert pictures[4].shape[1] + pictures[9].shape[1] > grid.shape[1]
+    assert pictures[4].shape[1] < grid.shape[1]
+    red = torch.tensor([230, 40, 40], dtype=torch.uint8).view(3, 1)
+    has_red = [bool((p == red.view(3, 1, 1)).all(0).any()) for p in pictures.values()]
+    assert has_red == [False, True]  # only the wrong one is framed

@@ -254,6 +254,9 @@ def read_layer_output(
             "windowed tensor?); choose a layer that outputs one entry per input"
         )
     if rank != 2:
+        if spec == "auto" and module is not None and output.dim() == rank + 2:
+            hint = _layout_hint(module, shape, last_dim_norm=rank == 1)
+            spec = "nhwc" if hint == "nhwc" else spec
         return _read_nd(output, input_size, spec, layer_name, strict)
     image_size = (int(input_size[0]), int(input_size[1]))
     if output.dim() == 4 and _is_attention_probabilities(output):
@@ -462,21 +465,26 @@ _CHANNELS_FIRST = (
 )
 
 
-def _layout_hint(module: nn.Module, shape: tuple[int, ...]) -> str | None:
+def _layout_hint(module: nn.Module, shape: tuple[int, ...], *,
+                 last_dim_norm: bool = False) -> str | None:
     """``"nchw"`` or ``"nhwc"`` from the last of the layer's own modules (in registration
-    order) that tells: what it normalises or projects, or a permutation it applies."""
-    channels_first, channels_last = shape[1], shape[3]
+    order) that tells: what it normalises or projects, or a permutation it applies. With
+    ``last_dim_norm`` a ``LayerNorm`` over the last dim says channels-last even when both
+    dims have its size (a 1-D transformer's tokens ``(N, T, C)`` with ``T == C``)."""
+    channels_first, channels_last = shape[1], shape[-1]
+    first_order = [0, len(shape) - 1, *range(1, len(shape) - 1)]
     for part in reversed(list(module.modules())):
         dims = getattr(part, "dims", None)
-        if type(part).__name__ == "Permute" and isinstance(dims, (list, tuple)) and len(dims) == 4:
-            return "nchw" if list(dims) == [0, 3, 1, 2] else "nhwc"
+        if (type(part).__name__ == "Permute" and isinstance(dims, (list, tuple))
+                and len(dims) == len(shape)):
+            return "nchw" if list(dims) == first_order else "nhwc"
         if isinstance(part, nn.modules.conv._ConvNd):
             return "nchw" if part.out_channels == channels_first else None
         if isinstance(part, _CHANNELS_FIRST):
             return "nchw"
         if isinstance(part, nn.LayerNorm) and len(part.normalized_shape) == 1:
             size = part.normalized_shape[0]
-            if size == channels_last != channels_first:
+            if size == channels_last and (last_dim_norm or size != channels_first):
                 return "nhwc"
             if size == channels_first != channels_last:
                 return "nchw"

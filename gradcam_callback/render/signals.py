@@ -87,10 +87,11 @@ def signal_tiles(lines: Tensor | None, bands: Tensor | None, *, width: int, heig
     """Plots, uint8 ``(N, 3, height, width)``: ``lines`` ``(N, k, T)`` in ``[0, 1]`` over
     ``bands`` ``(N, t)`` in ``[0, 1]`` (resized along time to the plot's width), with a
     time axis in steps below when ``axis``. Either may be ``None`` (a bare band; a plain
-    line); ``steps`` labels the axis when there are no lines.
+    line; both: one empty plot); ``steps`` labels the axis when there are no lines.
     """
-    count = len(lines) if lines is not None else len(bands)  # type: ignore[arg-type]
-    length = int(lines.shape[-1]) if lines is not None else int(steps or bands.shape[-1])  # type: ignore[union-attr]
+    count = len(lines) if lines is not None else (len(bands) if bands is not None else 1)
+    length = (int(lines.shape[-1]) if lines is not None
+              else int(steps or (bands.shape[-1] if bands is not None else 1)))
     plot_h = height - (AXIS if axis else 0)
     colours = None
     if bands is not None:
@@ -216,8 +217,8 @@ def signal_class_maps(rows: Sequence[tuple[str, Tensor, Tensor]],
         draw.text((GAP, top), title, fill=TEXT, font=font)
         plot_top = top + line_h
         length = int(maps.shape[-1])
-        axes = signal_tiles(maps[shown[:1]].new_zeros(1, 1, length), None, width=width,
-                            height=plot_h + AXIS)[0]  # an empty plot with its axis
+        axes = signal_tiles(None, None, width=width, height=plot_h + AXIS,
+                            steps=length)[0]  # an empty plot with its axis
         picture.paste(Image.fromarray(axes.permute(1, 2, 0).numpy()), (GAP, plot_top))
         xs = np.linspace(GAP, GAP + width - 1, length)
         for colour, c in zip(palette, shown, strict=False):
