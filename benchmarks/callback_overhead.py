@@ -31,6 +31,7 @@ from gradcam_callback.observer import Observer
 from gradcam_callback.pictures import Pictures
 from gradcam_callback.render.run import Renderer
 from gradcam_callback.samples import SampleStore
+from gradcam_callback.statistics import runner as statistics_runner
 from gradcam_callback.synthetic import ShortcutShapes
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "shortcut_learning.py"
@@ -45,6 +46,8 @@ TIMED = {
     "class_maps": (Pictures, "send_class_maps"),
     "send_grid": (Pictures, "send_grid"),
     "remember": (History, "add"),
+    "faithfulness": (statistics_runner, "faithfulness_values"),
+    "sanity": (GradCAMCallback, "sanity_check"),
 }
 """Key -> (class, method) timed in the breakdown (tests/test_benchmarks.py checks they exist)."""
 
@@ -116,7 +119,7 @@ def main() -> None:
     # The callback's own time in a fit of EPOCHS epochs, against the fit without it: the
     # fit-time ratios above are the honest end-to-end numbers but only as exact as the
     # run-to-run noise allows; these isolate what the callback adds.
-    own = EPOCHS * ms("log_cams") / 1e3 + ms("log_filmstrip") / 1e3
+    own = EPOCHS * ms("log_cams") / 1e3 + (ms("log_filmstrip") + ms("sanity")) / 1e3
     own_shown = own - EPOCHS * ms("statistics") / 1e3
     without = median["without"]
     spread = (max(runs["without"]) - min(runs["without"])) / without
@@ -143,9 +146,16 @@ def main() -> None:
     rest = ms("log_cams") - sum(parts.values()) + parts["fixed-batch fetch (first run only)"]
     print(f"\nOne invocation (median of {len(spent['log_cams'])}), 8 samples shown at 64x64:")
     breakdown = [(name, f"{value:.1f} ms") for name, value in parts.items()]
+    # faithfulness runs once per statistics chunk (the first chunk holds its samples), and
+    # in the check before training too: its total over the runs and the check
+    runs_and_check = len(spent["log_cams"]) + 1
+    faithful = 1e3 * sum(spent["faithfulness"]) / runs_and_check
     breakdown += [("other (scalars, captions, RNG, device moves)", f"{max(rest, 0):.1f} ms"),
                   ("total per invocation", f"{ms('log_cams'):.1f} ms"),
-                  ("filmstrip at the end of fit (once)", f"{ms('log_filmstrip'):.1f} ms")]
+                  ("  of which faithfulness (24 samples, in the statistics)",
+                   f"{faithful:.1f} ms"),
+                  ("filmstrip at the end of fit (once)", f"{ms('log_filmstrip'):.1f} ms"),
+                  ("sanity check at the end of fit (once)", f"{ms('sanity'):.1f} ms")]
     print(table(breakdown, ("step", "time")))
 
 

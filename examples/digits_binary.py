@@ -197,6 +197,8 @@ class Table(Callback):
     """One row per epoch: accuracies from the model, lifts from ``callback_metrics``."""
 
     KEYS = ("lift/watermark_mask", "lift/digit_mask")
+    CAUSAL = ("faithfulness/mask_deletion/watermark_mask", "faithfulness/mask_deletion/digit_mask",
+              "faithfulness/deletion_vs_random")
 
     def __init__(self, quiet: bool = False) -> None:
         self.rows: list[dict[str, float]] = []
@@ -210,7 +212,7 @@ class Table(Callback):
                "contra_acc": right_contra / contra if contra else float("nan")}
         metrics = trainer.callback_metrics
         prefix = f"gradcam/{LAYER}/"
-        for key in self.KEYS:
+        for key in (*self.KEYS, *self.CAUSAL):
             for suffix in ("", "_ci95"):
                 value = metrics.get(prefix + key + suffix)
                 row[key + suffix] = float(value) if value is not None else float("nan")
@@ -344,7 +346,8 @@ def main() -> None:
     print(f"\nLast epoch ({args.epochs} epochs; lifts: mean ± 95% interval over the "
           "watermarked / all of 256 validation digits):")
     print(f"  {'run':<9} {'seed':>4} {'lift watermark':>15} {'lift digit':>13} {'val acc':>8} "
-          f"{'contra acc':>10} {'caught':>7} {'time':>6}")
+          f"{'contra acc':>10} {'caught':>7} {'time':>6} {'del. watermark':>14} "
+          f"{'del. digit':>10} {'del/rand':>8}")
     finals = []
     for r in results:
         row = r.rows[-1]
@@ -354,7 +357,9 @@ def main() -> None:
               f"{row['lift/watermark_mask']:>8.2f}±{row['lift/watermark_mask_ci95']:<5.2f} "
               f"{row['lift/digit_mask']:>7.2f}±{row['lift/digit_mask_ci95']:<5.2f} "
               f"{row['val_acc']:>8.2f} {row['contra_acc']:>10.2f} "
-              f"{'yes' if caught(row) else 'no':>7} {r.seconds:>5.0f}s")
+              f"{'yes' if caught(row) else 'no':>7} {r.seconds:>5.0f}s "
+              f"{row[Table.CAUSAL[0]]:>14.2f} {row[Table.CAUSAL[1]]:>10.2f} "
+              f"{row[Table.CAUSAL[2]]:>8.1f}")
     (args.out / "summary.json").write_text(json.dumps(finals, indent=1))
     print(f"\nPictures in {args.out}; TensorBoard: tensorboard --logdir {args.out / 'tensorboard'}")
 

@@ -90,6 +90,11 @@ class PrintTable(Callback):
             "object_lift_ci95": m["lift/object_mask_ci95"],
             "consistency_ci95": m["location_consistency_ci95"],
             "drift": m.get("drift"),  # none at the first run: nothing earlier to compare
+            # the causal side: the drop in the predicted class's probability when the
+            # patch (the shape) is removed, and deletion of the map's top against chance
+            "patch_deletion": m.get("faithfulness/mask_deletion/shortcut_mask"),
+            "object_deletion": m.get("faithfulness/mask_deletion/object_mask"),
+            "deletion_vs_random": m.get("faithfulness/deletion_vs_random"),
         }
         self.rows.append(row)
         drift = "-" if row["drift"] is None else f"{row['drift']:.2f}"
@@ -133,7 +138,14 @@ def run(name: str, train_shortcut: float, args: argparse.Namespace, seed: int = 
         verdict = (f"OK: the shapes hold {final['object_lift']:.1f}x their share of the "
                    f"evidence, the patch {final['patch_lift']:.1f}x; validation accuracy "
                    f"{final['val_acc']:.0%}.")
-    print(f"  verdict: {verdict}\n  filmstrip: {strip}")
+    print(f"  verdict: {verdict}")
+    if final["patch_deletion"] is not None and final["object_deletion"] is not None:
+        ratio = final["deletion_vs_random"]
+        print(f"  removing the patch costs the model {final['patch_deletion']:.2f} of its "
+              f"confidence, removing the shape {final['object_deletion']:.2f}; deleting the "
+              f"map's top costs {'-' if ratio is None else f'{ratio:.1f}x'} what random "
+              "cells of the same area cost")
+    print(f"  filmstrip: {strip}")
     return {**final, "checkpoint": trainer.checkpoint_callback.best_model_path}
 
 
@@ -157,11 +169,14 @@ def main() -> None:
     if len(args.seeds) > 1:
         print("\nLast epoch (mean ± 95% interval over 256 validation images):")
         print(f"  {'run':<9} {'seed':>4} {'val acc':>7} {'patch lift':>12} {'object lift':>12} "
-              f"{'consistency':>12}")
+              f"{'consistency':>12} {'patch del.':>10} {'shape del.':>10} {'del/rand':>8}")
         for row in finals:
+            causal = " ".join(_number(row[k], ".2f", 10)
+                              for k in ("patch_deletion", "object_deletion"))
             print(f"  {row['run']:<9} {row['seed']:>4} {row['val_acc']:>7.2f} " + " ".join(
                 f"{row[k]:>6.2f}±{row[k + '_ci95']:<5.2f}"
-                for k in ("patch_lift", "object_lift", "consistency")))
+                for k in ("patch_lift", "object_lift", "consistency"))
+                + f" {causal} {_number(row['deletion_vs_random'], '.1f', 8)}")
     samples = write_samples(args.out)
     print("\nOpen TensorBoard (Images: grids and filmstrips; Scalars: energy and drift):\n"
           f"  tensorboard --logdir {args.out / 'tensorboard'} --samples_per_plugin images=100")
@@ -170,6 +185,11 @@ def main() -> None:
           f"--checkpoint {checkpoint} --layer features --size 64 "
           f"--class-names {samples / 'class_names.txt'} --out {args.out / 'explained'} "
           f"--image {samples}/*.png")
+
+
+def _number(value: object, spec: str, width: int) -> str:
+    """``value`` formatted, or ``-`` when there is none (an undefined scalar)."""
+    return f"{'-' if value is None else format(value, spec):>{width}}"
 
 
 def write_samples(out: Path) -> Path:

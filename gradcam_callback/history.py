@@ -103,7 +103,8 @@ class History:
             shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
             raise ValueError(
                 f"the checkpoint's history is inconsistent: maps {shape} for "
-                f"{len(epochs)} epochs and {len(steps)} steps; expected (runs, N, h, w)"
+                f"{len(epochs)} epochs and {len(steps)} steps; expected (runs, N, *s) with "
+                "one to three spatial dims"
             )
         self.epochs = [int(e) for e in epochs]
         self.steps = [int(s) for s in steps]

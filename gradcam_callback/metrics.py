@@ -204,20 +204,31 @@ def border_mask(height: int, width: int, fraction: float = 0.1,
 def border_frame(size: tuple[int, ...] | torch.Size, fraction: float = 0.1,
                  device: torch.device | str = "cpu") -> Tensor:
     """Bool of ``size`` (``(h, w)``; ``(t,)`` for a signal, ``(d, h, w)`` for a volume):
-    True in the outer ``fraction`` along each axis (at least 1 px at each end).
+    True in the outer ``fraction`` along each axis (at least 1 px at each end). An axis
+    shorter than :data:`MIN_BORDER_AXIS` (a volume of a few slices) has no border of its
+    own: its slices belong to the frame only through the other axes.
 
     Example::
 
         >>> border_frame((10,)).int().tolist()
         [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        >>> border_frame((3, 10, 10))[1].int().sum().item()  # 3 slices: no depth border
+        36
     """
     if not 0.0 < fraction < 0.5:
         raise ValueError(f"fraction must be in (0, 0.5), got {fraction!r}")
     sides = tuple(int(side) for side in size)
     frame = torch.ones(*sides, dtype=torch.bool, device=device)
-    frame[tuple(slice(max(1, round(side * fraction)), side - max(1, round(side * fraction)))
-                for side in sides)] = False
+    inner = []
+    for side in sides:
+        edge = max(1, round(side * fraction))
+        inner.append(slice(edge, side - edge) if side >= MIN_BORDER_AXIS else slice(None))
+    frame[tuple(inner)] = False
     return frame
+
+
+MIN_BORDER_AXIS = 8
+"""Axes shorter than this have no border of their own (see :func:`border_frame`)."""
 
 
 def border_energy(cams: Tensor, fraction: float = 0.1) -> Tensor:

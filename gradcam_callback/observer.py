@@ -9,7 +9,8 @@ statistics, the pictures, the history) and does, when the callback says so:
   over ranks, with the alarms;
 - :meth:`~Observer.show`: explain the fixed samples, draw and send the pictures, extend
   the history, and return the scalars to log;
-- :meth:`~Observer.filmstrip`: the filmstrip of the runs so far.
+- :meth:`~Observer.filmstrip`: the filmstrip of the runs so far;
+- :meth:`~Observer.sanity`: the sanity check at the end of fit (:mod:`.sanity`).
 
 What it needs of the trainer comes in as plain values (a :class:`Run`, the dataloaders,
 the collectives), so every part runs and is tested without a ``Trainer``.
@@ -24,6 +25,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from gradcam_callback.checkpoint import load_state, save_state
+from gradcam_callback.engine import explain_batch
+from gradcam_callback.engine.targets import TargetSpec
 from gradcam_callback.explainer import Explained, Explainer
 from gradcam_callback.guard import STATISTICS_STEP
 from gradcam_callback.history import History
@@ -35,6 +38,7 @@ from gradcam_callback.pictures import Pictures, Sinks
 from gradcam_callback.render import run_header
 from gradcam_callback.render.run import Renderer
 from gradcam_callback.samples import FixedSamples, SampleReader, SampleStore
+from gradcam_callback.sanity import SanityResult, sanity_check
 from gradcam_callback.statistics import Collectives, StatisticsResult, StatisticsRunner
 from gradcam_callback.statistics.accumulator import no_value_cause
 from gradcam_callback.tasks import Task
@@ -218,6 +222,44 @@ class Observer:
             by_step=self.options.run.every_n_steps is not None, gif_prefix=str(layer),
             sample_labels=task.sample_labels(samples.labels, len(samples.indices),
                                              samples.class_names))
+
+    def sanity(self, model: nn.Module, loaders: Any, run: Run) -> SanityResult | None:
+        """The sanity check on the fixed validation samples: their maps, for the targets
+        the trained model explains, against those of the model with its head
+        re-initialised (and restored); the scalars logged at ``run.step``, a warning when
+        the maps barely change. ``None`` with ``sanity_layers=0`` or before any run."""
+        layers = self.options.statistics.sanity_layers
+        if not layers or self.explainer.task is None:
+            return None
+        self.progress("the sanity check", "")
+        samples = self.samples.get("validate", loaders)
+        inputs = run.prepare(samples.inputs)
+        explained = self._explain(model, samples, run)
+        options, task = self.explainer.options, self.explainer.task
+        targets: TargetSpec = explained.explained  # what the trained model explains
+        if targets is None and callable(options.target) and not isinstance(options.target,
+                                                                              str):
+            targets = options.target  # the user's own score
+        elif task.name == "regression":  # one output for every sample
+            targets = options.target if isinstance(options.target, int) else None
+
+        def explain(net: nn.Module, x: Tensor) -> Tensor:
+            return explain_batch(net, x, self.explainer.layer_name, targets,
+                                 method=options.method,
+                                 reshape_transform=options.reshape_transform,
+                                 output_size=None, normalize=False,
+                                 output_transform=options.output_transform,
+                                 batch_size=options.batch_size, task=task.name).cams
+
+        result = sanity_check(model, inputs, explain, layers=layers)
+        scalars = {self.prefix("validate") + k: v for k, v in result.scalars().items()}
+        if scalars:
+            self.pictures.sinks.log_scalars(scalars, run.step)
+        self.last_metrics = {**self.last_metrics, **scalars}
+        warning = result.warning()
+        if warning is not None:
+            self.notices.warn_once("sanity", f"GradCAMCallback: {warning}.")
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         return save_state(self.explainer, self.samples, self.history)

@@ -157,6 +157,8 @@ class StatisticsOptions:
     metric_batch_size: int = 64
     alarms: tuple[Alarm, ...] = ()
     alarm_action: str = "warn"
+    faithfulness_samples: int = 24
+    sanity_layers: int = 1
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,9 @@ def validated_options(**options: Any) -> CallbackOptions:
                                                minimum=1),
         "alarms": dict(alarms) if alarms else {},
         "alarm_action": _checks.check_choice("alarm_action", o["alarm_action"], ALARM_ACTIONS),
+        "faithfulness_samples": _checks.check_int("faithfulness_samples",
+                                                  o["faithfulness_samples"], minimum=0),
+        "sanity_layers": _checks.check_int("sanity_layers", o["sanity_layers"], minimum=0),
         "slice_axis": _check_slice_axis(o["slice_axis"]),
         "signal_channels": _check_channels(o["signal_channels"]),
     }
@@ -282,7 +287,9 @@ def validated_options(**options: Any) -> CallbackOptions:
             signal_channels=_tuple(flat["signal_channels"])),
         statistics=StatisticsOptions(
             metric_samples=flat["metric_samples"], metric_batch_size=flat["metric_batch_size"],
-            alarms=tuple(parse_alarms(alarms)), alarm_action=flat["alarm_action"]),
+            alarms=tuple(parse_alarms(alarms)), alarm_action=flat["alarm_action"],
+            faithfulness_samples=flat["faithfulness_samples"],
+            sanity_layers=flat["sanity_layers"]),
         run=RunOptions(every_n_epochs=flat["every_n_epochs"],
                        every_n_steps=flat["every_n_steps"], on_error=flat["on_error"]),
         arguments=flat,

@@ -377,7 +377,10 @@ class Task:
         if name in ("multiclass", "multilabel") and logits.dim() != 2 and not custom:
             raise ValueError(f"task={name!r} needs an output (N, classes); the model outputs "
                              f"{shape}" + (" (per-pixel: task='segmentation')"
-                                           if logits.dim() == 4 else ""))
+                                           if logits.dim() == 4 else
+                                           " (per step or per voxel? segmentation is read "
+                                           "for images' (N, C, h, w) outputs only)"
+                                           if logits.dim() in (3, 5) else ""))
         if name == "segmentation":
             if logits.dim() != 4:
                 raise ValueError(f"task='segmentation' needs a per-pixel output (N, C, h, w); "

@@ -165,3 +165,29 @@ def test_bad_input_from_the_real_entry_point(workdir, tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("gradcam-callback: error: --image: cannot read ")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def _sanity(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_here("sanity", "--checkpoint", str(workdir / "run.ckpt"), "--model",
+                    "tests.lit_helpers:LitTiny", "--image", str(workdir / "first.png"),
+                    str(workdir / "second.png"), "--size", "32", *NORMALISATION, *extra)
+
+
+def test_sanity_on_a_checkpoint_prints_each_images_rank_correlation_and_a_verdict(workdir):
+    gradcam = _sanity(workdir)
+    assert gradcam.returncode == 0, gradcam.stderr
+    lines = gradcam.stdout.splitlines()
+    assert lines[0].startswith("layer: features; re-initialised: ")
+    values = [float(line.rsplit(" ", 1)[1]) for line in lines
+              if ": rank correlation " in line]
+    assert len(values) == 2 and all(-1 <= v <= 1 for v in values)
+    # Eigen-CAM does not use the head: the maps cannot change, and the verdict says so
+    eigen = _sanity(workdir, "--method", "eigencam")
+    assert eigen.returncode == 0, eigen.stderr
+    assert "rank correlation 1.000" in eigen.stdout
+    assert "warning: the maps barely change" in eigen.stdout
+
+
+def test_sanity_refuses_layers_below_one(workdir):
+    result = _sanity(workdir, "--layers", "0")
+    assert result.returncode == 2 and "--layers must be at least 1, got 0" in result.stderr

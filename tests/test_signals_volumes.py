@@ -493,3 +493,61 @@ def test_per_sample_pictures_of_signals_are_one_block_each_under_the_header():
     red = torch.tensor([230, 40, 40], dtype=torch.uint8).view(3, 1)
     has_red = [bool((p == red.view(3, 1, 1)).all(0).any()) for p in pictures.values()]
     assert has_red == [False, True]  # only the wrong one is framed
+
+
+# ---------------------------------------------------------------- found by the review pass
+
+
+def test_statistics_of_signals_padded_to_another_length_per_chunk_fold_together():
+    torch.manual_seed(0)
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    statistics = AttentionStatistics()
+    statistics.update(torch.rand(2, 96), (24,), torch.rand(2, 1, 96), logits, None, {})
+    statistics.update(torch.rand(2, 120), (30,), torch.rand(2, 1, 120), logits, None, {})
+    result = statistics.result()
+    assert result.count == 4 and tuple(result.by_prediction.shape) == (2, 96)
+
+
+def test_a_2d_mask_for_volumes_is_refused_not_smeared_over_the_slices():
+    from gradcam_callback.samples import SampleReader
+
+    volumes = torch.rand(2, 1, 8, 16, 16)
+    with pytest.raises(ValueError, match=r"mask 'spot_mask' has size \(1, 16, 16\) for inputs "
+                                         r"of size \(8, 16, 16\)"):
+        SampleReader().masks({"image": volumes, "spot_mask": torch.ones(2, 1, 16, 16)},
+                             volumes)
+
+
+def test_an_empty_volume_map_marks_no_peak_slice():
+    volume = torch.rand(3, 8, 8, 8)
+    block = volume_block(volume, [("Grad-CAM", torch.zeros(8, 8, 8))], ["x"], wrong=False)
+    peak = torch.tensor(PEAK, dtype=torch.uint8).view(3, 1, 1)
+    assert not (block == peak).all(0).any()
+
+
+def test_a_long_signals_short_bursts_all_show_in_the_band():
+    from gradcam_callback.render.signals import signal_tiles
+
+    band = torch.zeros(1, 5000)
+    for start in (500, 1700, 2900, 4100):
+        band[0, start : start + 8] = 1.0
+    tile = signal_tiles(None, band, width=256, height=40, axis=False)[0]
+    hot = _hot(tile[:, 20])
+    bursts = (hot[1:] & ~hot[:-1]).sum() + int(hot[0])
+    assert int(bursts) == 4
+
+
+def test_show_heatmap_with_signals_adds_a_bare_band_row():
+    block = signal_block(torch.rand(1, 64), [("Grad-CAM", torch.rand(64))], ["x"],
+                         wrong=False, width=256, show_heatmap=True)
+    plain = signal_block(torch.rand(1, 64), [("Grad-CAM", torch.rand(64))], ["x"],
+                         wrong=False, width=256)
+    assert block.shape[1] > plain.shape[1] + 60
+
+
+def test_thin_volumes_have_no_border_along_their_few_slices():
+    from gradcam_callback.metrics import border_lift
+
+    maps = torch.zeros(1, 3, 20, 20)
+    maps[0, :, 8:12, 8:12] = 1.0  # in the middle of every slice: no border evidence
+    assert float(border_lift(maps)) == 0.0

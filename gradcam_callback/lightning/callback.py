@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from gradcam_callback.guard import Failure
     from gradcam_callback.history import History
     from gradcam_callback.samples import FixedSamples
+    from gradcam_callback.sanity import SanityResult
     from gradcam_callback.statistics import StatisticsResult
 
 __all__ = ["GradCAMCallback"]
@@ -103,6 +104,10 @@ class GradCAMCallback(Callback):
         slice_axis: volumes: the spatial axis sliced for the pictures, 0 (depth, the
             default), 1 (height) or 2 (width).
         signal_channels: signals: the channel(s) drawn as lines (default: the first three).
+        faithfulness_samples: deletion, insertion and mask deletion on the first this many
+            metric samples at each run (``faithfulness/...``); ``0``: none.
+        sanity_layers: at the end of fit, compare the maps with those of the model whose
+            last this many layers are re-initialised (restored after); ``0``: no check.
 
     Raises:
         TypeError: an argument of the wrong type (the message names it and what is valid).
@@ -174,6 +179,8 @@ class GradCAMCallback(Callback):
         background: int | None = 0,
         slice_axis: int | None = None,
         signal_channels: int | Sequence[int] | None = None,
+        faithfulness_samples: int = 24,
+        sanity_layers: int = 1,
     ) -> None:
         super().__init__()
         self._options = options = validated_options(**{k: v for k, v in locals().items()
@@ -248,6 +255,22 @@ class GradCAMCallback(Callback):
         if trainer.is_global_zero and self._guard.active:
             with self._guard.attempt("the filmstrip at the end of fit"):
                 self.log_filmstrip(trainer)
+        if trainer.is_global_zero and self._guard.active:
+            with preserved_rng_state(pl_module.device), \
+                    self._guard.attempt("the sanity check at the end of fit"):
+                self.sanity_check(trainer, pl_module)
+
+    def sanity_check(self, trainer: Trainer, pl_module: LightningModule) -> SanityResult | None:
+        """Compare the fixed samples' maps with those of the model with its last
+        ``sanity_layers`` layers re-initialised (then restored exactly); log
+        ``sanity/rank_correlation`` and warn when the maps barely change (rank zero)."""
+        loaders = api.current_dataloaders(trainer, "validate")
+        result = self._observer.sanity(pl_module, loaders, _run(trainer, pl_module,
+                                                                "validate"))
+        if result is not None:
+            prefix = self._observer.prefix("validate")
+            api.publish(trainer, {prefix + k: v for k, v in result.scalars().items()})
+        return result
 
     def log_cams(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Explain and log the ``stage``'s samples now; call it on every rank (each takes part

@@ -36,6 +36,7 @@ def class_maps_grid(
     colormap: str = "jet",
     alpha: float = 0.6,
     max_classes: int = MAX_CLASSES,
+    header: str | None = None,
 ) -> Tensor:
     """Draw mean maps per class as one captioned picture.
 
@@ -45,11 +46,12 @@ def class_maps_grid(
         backdrop: a display image ``(3, H, W)`` in ``[0, 1]`` (e.g. the mean input) to blend
             the maps over; ``None`` draws bare heatmaps.
         class_names: names of the classes (indices otherwise).
-        tile_size: the side of each tile in pixels.
+        tile_size: the longer side of each tile in pixels (the maps' aspect is kept).
         colormap: matplotlib colormap name.
         alpha: heatmap opacity over the backdrop.
         max_classes: draw at most this many classes, those with the most samples (summed
             over rows), in class order.
+        header: a line across the top (``"max projection along depth"``).
 
     Returns:
         uint8 ``(3, height, width)``. A class without samples in a row shows a black tile
@@ -64,7 +66,9 @@ def class_maps_grid(
         shown = sorted(sorted(shown, key=lambda c: -float(totals[c]))[:max_classes])
     scale = max(float(maps[shown].max()) for _, maps, _ in rows)
     scale = scale if scale > 0 else 1.0
-    size = (tile_size, tile_size)
+    height, width = (int(side) for side in rows[0][1].shape[-2:])
+    scale = tile_size / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
     background = None
     if backdrop is not None:
         background = torch.nn.functional.interpolate(
@@ -84,4 +88,4 @@ def class_maps_grid(
                 + [f"{word} n={int(counts[c])}" for word, (_, _, counts) in zip(short, rows,
                                                                              strict=True)]
                 for c in shown]
-    return annotated_grid(tiles, titles, captions)
+    return annotated_grid(tiles, titles, captions, header=header)

@@ -27,6 +27,7 @@ from gradcam_callback.render.grid import annotated_grid, explanation_grid, stack
 from gradcam_callback.render.overlay import resize_tiles, to_display
 from gradcam_callback.render.pages import check_picture_size, page_slices, samples_per_page
 from gradcam_callback.render.signals import (
+    channel_legend,
     signal_block,
     signal_class_maps,
     signal_display,
@@ -85,6 +86,9 @@ class Renderer:
         options = self.options
         sample_rows = [(title, maps[i]) for title, maps in rows]
         if shown.dim() == 3:
+            if shown.shape[1] > 1 or options.signal_channels is not None:
+                channels = options.signal_channels or tuple(range(shown.shape[1]))
+                caption = [*caption, channel_legend(channels)]
             return signal_block(shown[i], sample_rows, caption, wrong,
                                 width=tile_width(options.max_image_size),
                                 colormap=options.colormap, alpha=options.alpha,
@@ -148,12 +152,15 @@ class Renderer:
         signals as one mean curve per class; volumes as maximum projections."""
         if mean_image.dim() == 2:  # signals (C_in, T)
             return signal_class_maps(rows, class_names)
+        header = None
         if mean_image.dim() == 4:  # volumes (C_in, D, H, W)
             rows = [(title, project(maps, self.axis), counts) for title, maps, counts in rows]
             mean_image = project(mean_image, self.axis)
+            header = f"max projection along {AXIS_NAMES[self.axis]}"
         backdrop = to_display(mean_image.unsqueeze(0), display.mean, display.std,
                               joint=True)[0]
-        return class_maps_grid(rows, backdrop, class_names, colormap=self.options.colormap)
+        return class_maps_grid(rows, backdrop, class_names, colormap=self.options.colormap,
+                               header=header)
 
     def filmstrip_pages(self, samples: FixedSamples, maps: Tensor, titles: list[str], *,
                         header: str | None = None, limit: int | None = None,

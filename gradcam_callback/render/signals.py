@@ -35,12 +35,13 @@ from gradcam_callback.render.grid import (
     annotated_grid,
 )
 
-__all__ = ["LINE_COLOURS", "signal_block", "signal_class_maps", "signal_display",
-           "signal_filmstrip_block", "signal_tiles", "tile_width"]
+__all__ = ["LINE_COLOURS", "channel_legend", "signal_block", "signal_class_maps",
+           "signal_display", "signal_filmstrip_block", "signal_tiles", "tile_width"]
 
-LINE_COLOURS = ((255, 255, 255), (20, 20, 20), (255, 60, 255))
-"""The lines of the first, second and third channel drawn."""
-PLOT_BACKGROUND = (60, 60, 60)
+LINE_COLOURS = ((255, 255, 255), (0, 0, 0), (255, 60, 255))
+"""The lines of the first, second and third channel drawn (colours the jet band lacks)."""
+LINE_NAMES = ("white", "black", "magenta")
+PLOT_BACKGROUND = (90, 90, 90)
 AXIS = 16
 """Pixels below the plot for the time axis."""
 _DEFAULT_CHANNELS = 3
@@ -95,9 +96,12 @@ def signal_tiles(lines: Tensor | None, bands: Tensor | None, *, width: int, heig
     plot_h = height - (AXIS if axis else 0)
     colours = None
     if bands is not None:
-        along = torch.nn.functional.interpolate(bands.detach().float().cpu()[:, None],
-                                                size=width, mode="linear",
-                                                align_corners=False)[:, 0]
+        values = bands.detach().float().cpu()[:, None]
+        if values.shape[-1] > width:  # a long signal: keep every burst (the max per pixel)
+            along = torch.nn.functional.adaptive_max_pool1d(values, width)[:, 0]
+        else:
+            along = torch.nn.functional.interpolate(values, size=width, mode="linear",
+                                                    align_corners=False)[:, 0]
         colours = heatmap(along.clamp(0, 1)[:, None], colormap=colormap)[:, :, 0]  # (N, 3, W)
     font = _font(11)
     tiles = []
@@ -152,7 +156,7 @@ def signal_block(lines: Tensor, rows: Sequence[tuple[str, Tensor]], caption: Seq
                                   colormap=colormap, alpha=alpha))
         titles.append(title)
         if show_heatmap:
-            tiles.append(signal_tiles(None, band[None], width=width, height=height // 2,
+            tiles.append(signal_tiles(None, band[None], width=width, height=height,
                                       colormap=colormap, alpha=1.0, steps=lines.shape[-1]))
             titles.append("heatmap")
     return annotated_grid(tiles, titles, [list(caption)], [wrong], font_size=MIN_FONT,
@@ -239,8 +243,26 @@ def signal_class_maps(rows: Sequence[tuple[str, Tensor, Tensor]],
 
 
 def _ticks(length: int, count: int = 5) -> list[int]:
-    """Steps to label on a time axis of ``length`` steps: the first, the last, and a few
-    round ones between."""
+    """Steps to label on a time axis of ``length`` steps: 0, round steps (1, 2 or 5 times
+    a power of ten, the nearest to ``length / count``) and the last step.
+
+    Example::
+
+        >>> _ticks(128), _ticks(5000), _ticks(3)
+        ([0, 20, 40, 60, 80, 100, 127], [0, 1000, 2000, 3000, 4000, 4999], [0, 1, 2])
+    """
     if length <= 1:
         return [0]
-    return sorted({round(i * (length - 1) / (count - 1)) for i in range(count)})
+    raw = max(1.0, (length - 1) / count)
+    power = 10 ** max(0, len(str(int(raw))) - 1)
+    step = min((m * power for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
+    ticks = list(range(0, length - 1, step))
+    if ticks and length - 1 - ticks[-1] <= step / 2 and len(ticks) > 1:
+        ticks.pop()  # too close to the last step's label
+    return [*ticks, length - 1]
+
+
+def channel_legend(channels: Sequence[int]) -> str:
+    """The caption line naming the lines: ``"lines: 0 white, 6 black, 11 magenta"``."""
+    return "lines: " + ", ".join(f"{c} {LINE_NAMES[i % len(LINE_NAMES)]}"
+                                 for i, c in enumerate(channels))

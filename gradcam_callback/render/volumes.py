@@ -105,7 +105,8 @@ def volume_block(volume: Tensor, rows: Sequence[tuple[str, Tensor]], caption: Se
     size = tuple(volume.shape[1:])
     maps = [(title, resize_maps(m.detach().float().cpu()[None], size)[0]) for title, m in rows]
     length = size[axis]
-    peak = peak_slice(maps[0][1], axis)
+    evidence = bool((maps[0][1] > 0).any())  # no positive evidence: no slice is the peak
+    peak = peak_slice(maps[0][1], axis) if evidence else None
     chosen = slice_positions(length, slices, peak)
     dim = 1 + axis  # (3, D, H, W)
 
@@ -126,12 +127,14 @@ def volume_block(volume: Tensor, rows: Sequence[tuple[str, Tensor]], caption: Se
         if show_heatmap:
             rows_out.append(to_uint8(heatmap(cut, colormap=colormap)))
             titles.append("heatmap")
-    marked = chosen.index(peak)
-    rows_out = [_frame_tile(row, marked) for row in rows_out]
+    if peak is not None:
+        rows_out = [_frame_tile(row, chosen.index(peak)) for row in rows_out]
     name = AXIS_NAMES[axis]
     captions = [[f"{name} {k}" + (" · peak" if k == peak else "")] for k in chosen]
     captions.append([PROJECTION])
-    header = "\n".join([*caption, f"most evidence: {name} slice {peak} of {length}"])
+    where = (f"most evidence: {name} slice {peak} of {length}" if peak is not None
+             else f"{NO_EVIDENCE} ({length} {name} slices)")
+    header = "\n".join([*caption, where])
     block = annotated_grid(rows_out, titles, captions, header=header, notes=notes)
     return framed(block) if wrong else block
 

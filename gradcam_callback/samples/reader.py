@@ -272,8 +272,20 @@ class SampleReader:
                     f"not_mask_{name}", f"GradCAMCallback: skipping batch key {name!r}: "
                     f"{message}. Name the masks with mask_keys= to silence this.")
                 continue
+            if inputs.dim() != 4 and _missing_axis(mask.shape[1:], inputs.shape[2:]):
+                raise ValueError(
+                    f"GradCAMCallback: mask {name!r} has size {tuple(mask.shape[1:])} for "
+                    f"inputs of size {tuple(inputs.shape[2:])}: an axis of one where the "
+                    f"inputs have more (a mask of fewer dims?); give {want} masks")
             masks[str(name)] = mask.detach().cpu().float() > MASK_THRESHOLD
         return masks
+
+
+def _missing_axis(mask: tuple[int, ...] | torch.Size, inputs: tuple[int, ...] | torch.Size
+                  ) -> bool:
+    """Whether a mask has an axis of one where the inputs have more (a 2-D mask read as a
+    volume of depth one)."""
+    return any(int(m) == 1 < int(i) for m, i in zip(mask, inputs, strict=True))
 
 
 def _label_problem(labels: object, count: int) -> str | None:

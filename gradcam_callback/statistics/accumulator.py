@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from gradcam_callback.metrics import attention_scalars, top_cells
-from gradcam_callback.ops import shrink_maps, shrunk_size
+from gradcam_callback.ops import resize_maps, shrink_maps, shrunk_size
 from gradcam_callback.tasks import Grouping, Task
 
 __all__ = [
@@ -146,11 +146,38 @@ def summarise(name: str, count: float, total: float, squares: float
     return {mean_name: mean, std_name: std, ci_name: Z95 * std / math.sqrt(count)}, {}
 
 
+DELETION_VS_RANDOM = "faithfulness/deletion_vs_random"
+
+
+def _deletion_vs_random(scalars: dict[str, float]) -> tuple[float | None, str | None]:
+    """Mean deletion over the shares ÷ mean random deletion over the same shares; the
+    cause when it is undefined (``None, None`` without deletions measured)."""
+    shares = [name.removeprefix("faithfulness/deletion/") for name in scalars
+              if name.startswith("faithfulness/deletion/") and name[-4:] not in ("_std",
+                                                                                  "ci95")]
+    pairs = [(scalars[f"faithfulness/deletion/{s}"], scalars.get(
+        f"faithfulness/random_deletion/{s}")) for s in shares]
+    if not pairs or any(random is None for _, random in pairs):
+        return None, None
+    deletion = sum(d for d, _ in pairs) / len(pairs)
+    random = sum(float(r) for _, r in pairs if r is not None) / len(pairs)
+    if random <= 1e-6:
+        return None, (f"random deletion did not lower the probability (mean change "
+                      f"{random:+.4f}): there is no chance level to compare with (does the "
+                      "model ignore its input?)")
+    return deletion / random, None
+
+
 def no_value_cause(name: str) -> str:
     """Why no sample has a value of the scalar ``name``, in words."""
     if name == CONSISTENCY:
         return ("no sample had another sample of its predicted class to compare with (each "
                 "class had at most one)")
+    if name.startswith("faithfulness/mask_deletion/"):
+        return (f"the mask {name.removeprefix('faithfulness/mask_deletion/')!r} is empty in "
+                "every sample measured")
+    if name.startswith("faithfulness/"):
+        return "no sample was measured (faithfulness_samples, or outputs not finite)"
     if name.startswith("lift/"):
         return (f"the mask {name.removeprefix('lift/')!r} is empty in every sample (a lift "
                 "divides by the mask's area)")
@@ -210,6 +237,8 @@ class AttentionStatistics:
         predictions = grouping.predicted.long().cpu()
         self._ensure_classes(grouping.count, inputs)
         small = shrink_maps(cams, self._map_side(cams.dim() - 1))
+        if tuple(small.shape[1:]) != tuple(self.prediction_sums.shape[1:]):
+            small = resize_maps(small, self.prediction_sums.shape[1:])  # (a padded batch)
         self._add_class_maps(small, grouping)
         top = top_cells(small)  # no top cells for a map without evidence: it shares nothing
         self.top_sums.index_add_(0, predictions, top.double())
@@ -217,6 +246,8 @@ class AttentionStatistics:
         self._tops.append((top, predictions))
         images = inputs.detach().float().cpu()
         small_images = shrink_maps(images.flatten(0, 1), IMAGE_SIZES[images.dim() - 2])
+        if tuple(small_images.shape[1:]) != tuple(self.image_sum.shape[1:]):
+            small_images = resize_maps(small_images, self.image_sum.shape[1:])
         self.image_sum += small_images.view(*images.shape[:2], *small_images.shape[1:]) \
             .sum(0).double()
         self.count += len(cams)
@@ -294,6 +325,11 @@ class AttentionStatistics:
             values, causes = summarise(name, *(float(m) for m in moments))
             scalars.update(values)
             undefined.update(causes)
+        ratio, cause = _deletion_vs_random(scalars)
+        if ratio is not None:
+            scalars[DELETION_VS_RANDOM] = ratio
+        elif cause is not None:
+            undefined[DELETION_VS_RANDOM] = cause
         return StatisticsResult(
             scalars=scalars,
             undefined=undefined,
@@ -308,6 +344,11 @@ class AttentionStatistics:
             layer_size=self.layer_size or (0, 0),
             input_size=self.input_size or (0, 0),
         )
+
+    def add_values(self, name: str, values: Tensor) -> None:
+        """Fold per-sample values of a scalar measured beside the maps (NaN: not measured)
+        into its moments (``faithfulness/...``)."""
+        self._add_moments(name, values)
 
     def _add_moments(self, name: str, values: Tensor) -> None:
         values = values.detach().double().cpu()

@@ -11,9 +11,10 @@ their sums (:meth:`~.accumulator.AttentionStatistics.reduce`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from gradcam_callback.explainer import Explained
 from gradcam_callback.samples import FixedSamples
@@ -26,10 +27,22 @@ from gradcam_callback.statistics.accumulator import (
 )
 from gradcam_callback.tasks import Grouping
 
-__all__ = ["Collectives", "ExplainChunk", "collect_statistics"]
+__all__ = ["Chunk", "Collectives", "ExplainChunk", "collect_statistics"]
 
-ExplainChunk = Callable[[list[int]], tuple[FixedSamples, Explained]]
-"""``dataset indices -> (the samples read, their explanation)`` for one chunk."""
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk explained: the samples read, their explanation, and per-sample values
+    measured beside it (``faithfulness/...``: ``(N,)``, NaN where not measured)."""
+
+    samples: FixedSamples
+    explained: Explained
+    values: dict[str, Tensor] = field(default_factory=dict)
+
+
+ExplainChunk = Callable[[list[int]], "Chunk | tuple[FixedSamples, Explained]"]
+"""``dataset indices -> the chunk explained`` (a :class:`Chunk`, or ``(samples,
+explanation)``)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,10 @@ def collect_statistics(explain_chunk: ExplainChunk | None, indices: Sequence[int
     if failure is None and explain_chunk is not None:
         try:
             for start in range(0, len(indices), chunk_size):
-                _fold(statistics, *explain_chunk(list(indices[start : start + chunk_size])))
+                chunk = explain_chunk(list(indices[start : start + chunk_size]))
+                if not isinstance(chunk, Chunk):
+                    chunk = Chunk(*chunk)
+                _fold(statistics, chunk.samples, chunk.explained, chunk.values)
         except Exception as error:  # every rank must hear of it before any sum
             failure = error
     if collectives is None:
@@ -89,10 +105,13 @@ def collect_statistics(explain_chunk: ExplainChunk | None, indices: Sequence[int
     return statistics.result()
 
 
-def _fold(statistics: AttentionStatistics, samples: FixedSamples, explained: Explained) -> None:
+def _fold(statistics: AttentionStatistics, samples: FixedSamples, explained: Explained,
+          values: dict[str, Tensor] | None = None) -> None:
     """One chunk into the sums, without the samples whose outputs are not finite (the
     chunk is let go on return: memory is one chunk, not two)."""
     keep = explained.finite
+    for name, per_sample in (values or {}).items():
+        statistics.add_values(name, per_sample[keep])
     masks = {**samples.masks, **explained.regions}  # with the regions the labels give
     grouping = explained.grouping()
     if bool(keep.all()):  # the usual case: no copies

@@ -14,17 +14,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gradcam_callback.engine.layers import earlier_spatial_layer
+from gradcam_callback.engine.scopes import eval_mode, preserved_rng_state
+from gradcam_callback.engine.targets import logits_from_output
 from gradcam_callback.explainer import Explained, Explainer
+from gradcam_callback.faithfulness import Faithfulness
 from gradcam_callback.notices import Notices
 from gradcam_callback.options import StatisticsOptions
 from gradcam_callback.samples import FixedSamples, SampleStore, dataset_size
 from gradcam_callback.statistics.accumulator import MIN_CELLS, StatisticsResult
 from gradcam_callback.statistics.alarms import check_alarms
-from gradcam_callback.statistics.collect import Collectives, collect_statistics
+from gradcam_callback.statistics.collect import (
+    Chunk,
+    Collectives,
+    ExplainChunk,
+    collect_statistics,
+)
 
 __all__ = ["StatisticsRunner"]
 
@@ -61,7 +70,8 @@ class StatisticsRunner:
         try:
             loader = store.loader_for(stage, loaders)
             total = dataset_size(loader.dataset, self.options.metric_samples)
-            chunks = self._explain_chunk(model, explainer, store, loader, stage, prepare)
+            chunks = self._explain_chunk(model, explainer, store, loader, stage, prepare,
+                                         self.options.faithfulness_samples)
             indices = range(rank, total, world_size)
         except Exception as error:  # the other ranks must hear of it before any sum
             failure = error
@@ -79,7 +89,8 @@ class StatisticsRunner:
             return None, True
         chunk = min(total, self.options.metric_batch_size)
         result = collect_statistics(self._explain_chunk(model, explainer, store, loader,
-                                                        stage, prepare),
+                                                        stage, prepare,
+                                                        self.options.faithfulness_samples),
                                     range(chunk), chunk_size=self.options.metric_batch_size)
         return result, chunk == total
 
@@ -111,7 +122,10 @@ class StatisticsRunner:
                               prepare: Prepare) -> None:
         """Warn once when the layer's maps have fewer than 4 cells a side, naming an
         earlier layer with enough of them (one probe forward on one sample)."""
-        if (not result.count or min(result.layer_size) >= MIN_CELLS or layer_name is None
+        coarse = any(cells < MIN_CELLS and size > cells  # (a thin volume's few slices: no)
+                     for cells, size in zip(result.layer_size, result.input_size,
+                                            strict=False))
+        if (not result.count or not coarse or layer_name is None
                 or not self.notices.first("coarse")):  # once, even if the probe fails
             return
         earlier = earlier_spatial_layer(model, prepare(samples.inputs[:1]), layer_name,
@@ -125,16 +139,54 @@ class StatisticsRunner:
 
     @staticmethod
     def _explain_chunk(model: nn.Module, explainer: Explainer, store: SampleStore,
-                       loader: DataLoader, stage: str, prepare: Prepare
-                       ) -> Callable[[list[int]], tuple[FixedSamples, Explained]]:
-        def explain_chunk(indices: list[int]) -> tuple[FixedSamples, Explained]:
+                       loader: DataLoader, stage: str, prepare: Prepare,
+                       faithfulness_samples: int = 0) -> ExplainChunk:
+        def explain_chunk(indices: list[int]) -> Chunk:
             samples = store.read(loader, indices, stage)
             explained = explainer.explain(model, prepare(samples.inputs), samples.labels,
                                           label_note=samples.label_note,
                                           indices=samples.indices, primary_only=True)
-            return samples, explained
+            return Chunk(samples, explained,
+                         faithfulness_values(model, explainer, samples, explained, prepare,
+                                             faithfulness_samples))
 
         return explain_chunk
+
+
+def faithfulness_values(model: nn.Module, explainer: Explainer, samples: FixedSamples,
+                        explained: Explained, prepare: Prepare, limit: int
+                        ) -> dict[str, Tensor]:
+    """``faithfulness/<name>`` per sample ``(N,)`` for the samples of dataset index below
+    ``limit`` whose outputs are finite (NaN for the others: left out of the means); ``{}``
+    when none is measured. The model runs in eval mode, without gradients, its RNG states
+    kept (:mod:`gradcam_callback.faithfulness`)."""
+    chosen = [i for i, index in enumerate(samples.indices)
+              if index < limit and bool(explained.finite[i])]
+    if not chosen or explained.explained is None:
+        return {}
+    rows = torch.tensor(chosen)
+    transform = explainer.options.output_transform
+
+    def forward(inputs: Tensor) -> Tensor:
+        with torch.no_grad(), eval_mode(model), preserved_rng_state(_device(model)):
+            return logits_from_output(model(prepare(inputs)), transform).detach().float().cpu()
+
+    masks = {name: mask[rows] for name, mask in {**samples.masks, **explained.regions}.items()}
+    measured = Faithfulness().measure(
+        forward, samples.inputs[rows], explained.maps[rows], explained.layer_size,
+        explained.task, explained.logits[rows], explained.explained[rows],
+        [samples.indices[i] for i in chosen], masks)
+    values = {}
+    for name, part in measured.items():
+        full = torch.full((len(samples.indices),), float("nan"), dtype=torch.float64)
+        full[rows] = part.double()
+        values[f"faithfulness/{name}"] = full
+    return values
+
+
+def _device(model: nn.Module) -> torch.device | None:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else None
 
 
 def _sides(size: tuple[int, ...]) -> str:
