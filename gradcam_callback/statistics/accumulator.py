@@ -162,9 +162,9 @@ def _deletion_vs_random(scalars: dict[str, float]) -> tuple[float | None, str | 
     deletion = sum(d for d, _ in pairs) / len(pairs)
     random = sum(float(r) for _, r in pairs if r is not None) / len(pairs)
     if random <= 1e-6:
-        return None, (f"random deletion did not lower the probability (mean change "
-                      f"{random:+.4f}): there is no chance level to compare with (does the "
-                      "model ignore its input?)")
+        return None, ("random deletion did not lower the probability on average: there "
+                      "is no chance level to compare with (does the model ignore its "
+                      "input?)")
     return deletion / random, None
 
 
