@@ -54,5 +54,5 @@ clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .hypothesis
 
 bench: $(VENV)/.installed-dev
-	cd benchmarks && for b in cam_speed render_cost callback_overhead memory scaling statistics_cost; do \
+	cd benchmarks && for b in cam_speed render_cost callback_overhead memory scaling statistics_cost faithfulness_cost; do \
 		echo "== $$b"; ../$(BIN)/python $$b.py || exit 1; echo; done

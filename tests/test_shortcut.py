@@ -53,6 +53,12 @@ def test_the_shortcut_is_caught_and_the_honest_model_looks_at_the_shapes(tmp_pat
     assert shortcut["consistency"] > honest["consistency"] + 0.2
     assert 0.1 < honest["consistency"] < 0.55
 
+    # the causal side: removing the patch costs the shortcut model its confidence, not the
+    # honest one; removing the shape the other way round (mask deletion, issue 20)
+    assert shortcut["patch_deletion"] > shortcut["object_deletion"] + 0.2
+    assert honest["object_deletion"] > honest["patch_deletion"] + 0.2
+    assert shortcut["deletion_vs_random"] > 1 and honest["deletion_vs_random"] > 1
+
     text = printed.getvalue()
     assert "verdict: SHORTCUT" in text and "verdict: OK" in text
     assert (tmp_path / "filmstrip_shortcut.png").exists()
