@@ -258,3 +258,19 @@ def test_regression_gets_the_sanity_check_but_no_probability_to_delete():
     names = list(trainer.callback_metrics)
     assert f"gradcam/{callback.layer_name}/sanity/rank_correlation" in names
     assert not [k for k in names if "faithfulness" in k]
+
+
+def test_an_empty_mask_has_no_mask_deletion_and_is_named_undefined():
+    x, maps, masks = _patch_images(8)
+    masks["empty"] = torch.zeros(8, 16, 16, dtype=torch.bool)
+    masks["patch"][0] = False
+    values = _measure(OnePatch(), x, maps, masks)
+    assert values["mask_deletion/empty"].isnan().all()
+    patch = values["mask_deletion/patch"]
+    assert patch[0].isnan() and not patch[1:].isnan().any()
+    statistics = AttentionStatistics()
+    for name, per_sample in values.items():
+        statistics.add_values(f"faithfulness/{name}", per_sample)
+    result = statistics.result()
+    assert "faithfulness/mask_deletion/empty" not in result.scalars
+    assert "is empty" in result.undefined["faithfulness/mask_deletion/empty"]

@@ -551,3 +551,24 @@ def test_thin_volumes_have_no_border_along_their_few_slices():
     maps = torch.zeros(1, 3, 20, 20)
     maps[0, :, 8:12, 8:12] = 1.0  # in the middle of every slice: no border evidence
     assert float(border_lift(maps)) == 0.0
+
+
+def test_n1_masks_of_signals_and_volumes_are_squeezed():
+    from gradcam_callback.samples import SampleReader
+
+    signals = torch.rand(2, 3, 64)
+    found = SampleReader().masks({"x": signals, "blip_mask": torch.ones(2, 1, 64)}, signals)
+    assert tuple(found["blip_mask"].shape) == (2, 64)
+    volumes = torch.rand(2, 1, 8, 16, 16)
+    found = SampleReader().masks({"x": volumes, "spot_mask": torch.ones(2, 1, 8, 16, 16)},
+                                 volumes)
+    assert tuple(found["spot_mask"].shape) == (2, 8, 16, 16)
+
+
+def test_a_one_slice_volumes_mask_of_one_slice_is_accepted():
+    from gradcam_callback.samples import SampleReader
+
+    volumes = torch.rand(2, 1, 1, 16, 16)
+    found = SampleReader().masks({"image": volumes, "spot_mask": torch.ones(2, 1, 16, 16)},
+                                 volumes)
+    assert tuple(found["spot_mask"].shape) == (2, 1, 16, 16)
