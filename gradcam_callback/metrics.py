@@ -204,9 +204,9 @@ def border_mask(height: int, width: int, fraction: float = 0.1,
 def border_frame(size: tuple[int, ...] | torch.Size, fraction: float = 0.1,
                  device: torch.device | str = "cpu") -> Tensor:
     """Bool of ``size`` (``(h, w)``; ``(t,)`` for a signal, ``(d, h, w)`` for a volume):
-    True in the outer ``fraction`` along each axis (at least 1 px at each end). An axis
-    shorter than :data:`MIN_BORDER_AXIS` (a volume of a few slices) has no border of its
-    own: its slices belong to the frame only through the other axes.
+    True in the outer ``fraction`` along each axis (at least 1 px at each end). A
+    volume's axis shorter than :data:`MIN_BORDER_AXIS` (a few slices) has no border of
+    its own: its slices belong to the frame only through the other axes.
 
     Example::
 
@@ -222,13 +222,14 @@ def border_frame(size: tuple[int, ...] | torch.Size, fraction: float = 0.1,
     inner = []
     for side in sides:
         edge = max(1, round(side * fraction))
-        inner.append(slice(edge, side - edge) if side >= MIN_BORDER_AXIS else slice(None))
+        thin = len(sides) == 3 and side < MIN_BORDER_AXIS
+        inner.append(slice(None) if thin else slice(edge, side - edge))
     frame[tuple(inner)] = False
     return frame
 
 
 MIN_BORDER_AXIS = 8
-"""Axes shorter than this have no border of their own (see :func:`border_frame`)."""
+"""A volume's axes shorter than this have no border of their own (:func:`border_frame`)."""
 
 
 def border_energy(cams: Tensor, fraction: float = 0.1) -> Tensor:

@@ -323,7 +323,8 @@ class RaisesOnce(LitTiny):
 
 
 def test_a_forward_that_raises_once_skips_one_run_and_the_next_runs_log(tmp_path):
-    callback = GradCAMCallback("features", num_samples=3)
+    callback = GradCAMCallback("features", num_samples=3, faithfulness_samples=0,
+                               sanity_layers=0)  # (their forwards are counted apart)
     with pytest.warns(UserWarning, match=r"skipped the run at epoch 0 \(step 6\): explaining "
                       r"failed with RuntimeError: CUDA error.*model's forward"):
         trainer, model = fit(tmp_path, [callback], max_epochs=3, model=RaisesOnce)
@@ -486,8 +487,10 @@ class BatchSpy(LitTiny):
 def test_cams_are_computed_in_chunks_of_batch_size(tmp_path):
     model = BatchSpy()
     # metric_samples=0: the statistics' own forwards (metric_batch_size) are not counted here
-    chunked = GradCAMCallback("features", num_samples=10, batch_size=4, metric_samples=0)
-    whole = GradCAMCallback("features.4", num_samples=10, batch_size=32, metric_samples=0)
+    chunked = GradCAMCallback("features", num_samples=10, batch_size=4, metric_samples=0,
+                              sanity_layers=0)
+    whole = GradCAMCallback("features.4", num_samples=10, batch_size=32, metric_samples=0,
+                            sanity_layers=0)
     fit(tmp_path, [chunked, whole], max_epochs=1, model=model, num_sanity_val_steps=0)
     # chunked: check before training + the run; whole: the same, one forward each
     assert sorted(model.cam_batches) == sorted([4, 4, 2, 10] * 2)

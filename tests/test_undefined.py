@@ -139,7 +139,8 @@ def test_a_lenient_monitor_trains_on_and_the_undefined_numbers_are_named_once(tm
     stopper = EarlyStopping(monitor=PREFIX + "location_consistency", strict=False)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        trainer = fit(tmp_path, [GradCAMCallback("features", num_samples=1, metric_samples=1),
+        trainer = fit(tmp_path, [GradCAMCallback("features", num_samples=1, metric_samples=1,
+                                                 faithfulness_samples=0, sanity_layers=0),
                                  stopper])
     assert trainer.current_epoch == 3
     said = [str(w.message) for w in seen if "undefined at epoch" in str(w.message)]

@@ -255,22 +255,26 @@ class GradCAMCallback(Callback):
         if trainer.is_global_zero and self._guard.active:
             with self._guard.attempt("the filmstrip at the end of fit"):
                 self.log_filmstrip(trainer)
-        if trainer.is_global_zero and self._guard.active:
-            with preserved_rng_state(pl_module.device), \
-                    self._guard.attempt("the sanity check at the end of fit"):
-                self.sanity_check(trainer, pl_module)
+        scalars: dict[str, float] = {}
+        try:
+            if trainer.is_global_zero and self._guard.active:
+                with preserved_rng_state(pl_module.device), \
+                        self._guard.attempt("the sanity check at the end of fit"):
+                    result = self.sanity_check(trainer, pl_module)
+                    if result is not None:
+                        prefix = self._observer.prefix("validate")
+                        scalars = {prefix + k: v for k, v in result.scalars().items()}
+        finally:  # rank zero's numbers reach callback_metrics on every rank (every rank
+            # takes part, also when rank zero raises with on_error="raise")
+            api.publish(trainer, api.rank_zero_broadcast(trainer)(scalars))
 
     def sanity_check(self, trainer: Trainer, pl_module: LightningModule) -> SanityResult | None:
         """Compare the fixed samples' maps with those of the model with its last
         ``sanity_layers`` layers re-initialised (then restored exactly); log
-        ``sanity/rank_correlation`` and warn when the maps barely change (rank zero)."""
+        ``sanity/rank_correlation`` and warn when the maps barely change (rank zero; the
+        callback publishes the numbers on every rank at the end of fit)."""
         loaders = api.current_dataloaders(trainer, "validate")
-        result = self._observer.sanity(pl_module, loaders, _run(trainer, pl_module,
-                                                                "validate"))
-        if result is not None:
-            prefix = self._observer.prefix("validate")
-            api.publish(trainer, {prefix + k: v for k, v in result.scalars().items()})
-        return result
+        return self._observer.sanity(pl_module, loaders, _run(trainer, pl_module, "validate"))
 
     def log_cams(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Explain and log the ``stage``'s samples now; call it on every rank (each takes part

@@ -67,8 +67,8 @@ def class_maps_grid(
     scale = max(float(maps[shown].max()) for _, maps, _ in rows)
     scale = scale if scale > 0 else 1.0
     height, width = (int(side) for side in rows[0][1].shape[-2:])
-    scale = tile_size / max(height, width)
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    zoom = tile_size / max(height, width)
+    size = (max(1, round(height * zoom)), max(1, round(width * zoom)))
     background = None
     if backdrop is not None:
         background = torch.nn.functional.interpolate(
