@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch torchvision
 DEMO_OUT ?= demo_output
 
-.PHONY: help test test-shuffled lint demo bench clean
+.PHONY: help test test-shuffled lint docs demo bench clean
 
 help:
 	@echo "make demo  - create $(VENV), install, run the shortcut-learning example (CPU, ~1 min)"
-	@echo "make test  - create $(VENV), install with dev extras, run lint, mypy and the test suite"
+	@echo "make test  - create $(VENV), install with dev extras, run lint, mypy, the strict docs build and the suite"
+	@echo "make docs  - build the documentation site into site/ (MkDocs, strict: any warning fails)"
 	@echo "make test-shuffled - the same suite in a random order (SEED=<n> to repeat one)"
 	@echo "make bench - run the benchmarks in benchmarks/ (a few minutes, CPU)"
 
@@ -41,7 +42,12 @@ lint: $(VENV)/.installed-dev
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 SEED ?= $(shell date +%s)
 
-test: lint
+# The site, strict: a broken link, a page missing from the nav or an unresolved API
+# reference fails the build (and so `make test`).
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-shuffled: lint
@@ -51,7 +57,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python examples/shortcut_learning.py --out $(DEMO_OUT)
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEMO_OUT) site .pytest_cache .ruff_cache .hypothesis
 
 bench: $(VENV)/.installed-dev
 	cd benchmarks && for b in cam_speed render_cost callback_overhead memory scaling statistics_cost faithfulness_cost; do \

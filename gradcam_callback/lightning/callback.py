@@ -15,7 +15,7 @@ the explainer (:mod:`gradcam_callback.explainer`), the statistics
 the history (:mod:`gradcam_callback.history`), the failure policy
 (:mod:`gradcam_callback.guard`) and the warnings (:mod:`gradcam_callback.notices`); on the
 Lightning side, the sinks (:mod:`.sinks`) and what is asked of the trainer
-(:mod:`.trainer_api`). The README says what is logged, where, and when.
+(:mod:`.trainer_api`). The docs (docs/pictures.md, docs/loggers.md) say what is logged, where, and when.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class GradCAMCallback(Callback):
         alarm_action: ``"warn"``, or ``"stop"`` to also stop training (on every rank).
         every_n_steps: also explain the validation samples every n training steps.
         task: ``"auto"`` (read from the output and labels), ``"multiclass"``, ``"binary"``,
-            ``"multilabel"``, ``"segmentation"`` or ``"regression"`` (README: Tasks).
+            ``"multilabel"``, ``"segmentation"`` or ``"regression"`` (docs: Tasks and input kinds).
         threshold: multi-label: a label is predicted where its sigmoid is above this.
         background: segmentation: the class ``"predicted"`` passes over (``None``: none).
         slice_axis: volumes: the spatial axis sliced for the pictures, 0 (depth, the
