@@ -15,7 +15,8 @@ the explainer (:mod:`gradcam_callback.explainer`), the statistics
 the history (:mod:`gradcam_callback.history`), the failure policy
 (:mod:`gradcam_callback.guard`) and the warnings (:mod:`gradcam_callback.notices`); on the
 Lightning side, the sinks (:mod:`.sinks`) and what is asked of the trainer
-(:mod:`.trainer_api`). The docs (docs/pictures.md, docs/loggers.md) say what is logged, where, and when.
+(:mod:`.trainer_api`). The docs (``docs/pictures.md``, ``docs/loggers.md``) say what
+is logged, where, and when.
 """
 
 from __future__ import annotations
