@@ -22,6 +22,7 @@ from statistics_cost import CHUNK, floor_pass, make_reader, statistics_pass
 from gradcam_callback.explainer import Explainer
 from gradcam_callback.faithfulness import Faithfulness
 from gradcam_callback.options import ExplainOptions, StatisticsOptions
+from gradcam_callback.tasks import Task
 
 FAITHFUL = StatisticsOptions().faithfulness_samples
 STATISTICS = StatisticsOptions().metric_samples
@@ -39,13 +40,7 @@ def faithfulness_pass(model, read, count: int, explained) -> None:
                 return model(x.to(device)).float().cpu()
 
         Faithfulness().measure(forward, inputs.cpu(), maps, layer_size,
-                               explainer_task(), logits, explained_classes, indices, masks)
-
-
-def explainer_task():
-    from gradcam_callback.tasks import Task
-
-    return Task("multiclass")
+                               Task("multiclass"), logits, explained_classes, indices, masks)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gradcam_callback.engine import explain_batch, get_method
+from gradcam_callback.engine import Explanation, explain_batch, get_method
 from gradcam_callback.engine.targets import Target, TargetSpec, select_scores
 from gradcam_callback.notices import Notices
 from gradcam_callback.ops import min_max, resize_maps
@@ -198,18 +198,26 @@ class Explainer:
                                   else ""))
         return task
 
+    def layer_maps(self, model: nn.Module, inputs: Tensor, targets: TargetSpec,
+                   task: str) -> Explanation:
+        """The engine's raw maps of ``targets`` at the layer's own resolution (not
+        normalised), with the options' method, readings and chunk size, for the layer
+        learned so far (or chosen now)."""
+        options = self.options
+        with warnings.catch_warnings():  # said once, by dataset index, in explain()
+            warnings.filterwarnings("ignore", "non-finite values", RuntimeWarning)
+            return explain_batch(model, inputs, self.layer_name, targets,
+                                 method=options.method,
+                                 reshape_transform=options.reshape_transform,
+                                 output_size=None, normalize=False,
+                                 output_transform=options.output_transform,
+                                 batch_size=options.batch_size, task=task)
+
     def _maps(self, model: nn.Module, inputs: Tensor, targets: TargetSpec, task: str
               ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
         """Maps normalised at the inputs' size (CPU), the logits, the layer's resolution."""
         options = self.options
-        with warnings.catch_warnings():  # said once, by dataset index, in explain()
-            warnings.filterwarnings("ignore", "non-finite values", RuntimeWarning)
-            result = explain_batch(model, inputs, self.layer_name, targets,
-                                   method=options.method,
-                                   reshape_transform=options.reshape_transform,
-                                   output_size=None, normalize=False,
-                                   output_transform=options.output_transform,
-                                   batch_size=options.batch_size, task=task)
+        result = self.layer_maps(model, inputs, targets, task)
         if self.reading is None:
             chosen = "chosen automatically" if options.target_layer is None else "target_layer"
             self.notices.info_once("layer", f"GradCAMCallback: explaining {result.layer_name!r} "

@@ -42,15 +42,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gradcam_callback.engine.targets import class_logits, one_logit
+from gradcam_callback.engine.targets import class_logits, one_logit, resize_region
 from gradcam_callback.ops import resize_maps
 from gradcam_callback.tasks import Task
 
-__all__ = ["CURVE", "SHARES", "Faithfulness", "deletion_vs_random", "explained_probability",
-           "mean_baseline", "random_cells", "top_share"]
+__all__ = ["CURVE", "SHARES", "SHARE_NAMES", "Faithfulness", "deletion_vs_random",
+           "explained_probability", "mean_baseline", "random_cells", "top_share"]
 
 SHARES = (0.1, 0.25, 0.5)
 """The shares of the input deleted for deletion against chance."""
+SHARE_NAMES = tuple(f"{round(share * 100)}" for share in SHARES)
+"""Their names in the scalars (``deletion/10``, ...)."""
 CURVE = (0.0, 0.1, 0.25, 0.5, 1.0)
 """The shares of the deletion and insertion curves."""
 
@@ -219,7 +221,7 @@ class Faithfulness:
                 inserted[share] = probability(replaced(top, baseline, inputs))
         for share in self.shares:
             cells = random_cells(indices, size, tuple(int(c) for c in layer_size), share)
-            label = _percent(share)
+            label = f"{round(share * 100)}"
             values[f"deletion/{label}"] = original - deleted[share]
             values[f"random_deletion/{label}"] = original - probability(
                 replaced(cells, inputs, baseline))
@@ -231,18 +233,11 @@ class Faithfulness:
             min=1e-12)
         values["increase_in_confidence"] = 100 * (masked > original).float()
         for name, mask in (masks or {}).items():
-            region = mask.bool()
-            if tuple(region.shape[1:]) != size:
-                region = F.interpolate(region[:, None].float(), size=size,
-                                       mode="nearest")[:, 0] > 0.5
+            region = resize_region(mask, size)
             drop = original - probability(replaced(region, inputs, baseline))
             values[f"mask_deletion/{name}"] = torch.where(region.flatten(1).any(1), drop,
                                                           float("nan"))
         return values
-
-
-def _percent(share: float) -> str:
-    return f"{round(share * 100)}"
 
 
 def _area(curve: dict[float, Tensor], shares: tuple[float, ...]) -> Tensor:

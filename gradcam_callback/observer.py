@@ -25,7 +25,6 @@ from typing import Any
 from torch import Tensor, nn
 
 from gradcam_callback.checkpoint import load_state, save_state
-from gradcam_callback.engine import explain_batch
 from gradcam_callback.engine.targets import TargetSpec
 from gradcam_callback.explainer import Explained, Explainer
 from gradcam_callback.guard import STATISTICS_STEP
@@ -244,12 +243,7 @@ class Observer:
             targets = options.target if isinstance(options.target, int) else None
 
         def explain(net: nn.Module, x: Tensor) -> Tensor:
-            return explain_batch(net, x, self.explainer.layer_name, targets,
-                                 method=options.method,
-                                 reshape_transform=options.reshape_transform,
-                                 output_size=None, normalize=False,
-                                 output_transform=options.output_transform,
-                                 batch_size=options.batch_size, task=task.name).cams
+            return self.explainer.layer_maps(net, x, targets, task.name).cams
 
         result = sanity_check(model, inputs, explain, layers=layers)
         scalars = {self.prefix("validate") + k: v for k, v in result.scalars().items()}

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["SHAPE_NAMES", "ShortcutShapes"]
+__all__ = ["SHAPE_NAMES", "SeededSamples", "ShortcutShapes"]
 
 SHAPE_NAMES = ("square", "disc", "triangle", "cross", "ring", "diamond")
 _PATCH_COLOURS = torch.tensor([
@@ -27,7 +27,31 @@ _PATCH_COLOURS = torch.tensor([
 ])
 
 
-class ShortcutShapes(Dataset):
+class SeededSamples(Dataset):
+    """``n`` samples, each generated from ``(seed, index)`` alone: the same data on every
+    machine, in any order of access, without files. Subclasses draw item ``index`` from
+    :meth:`generator`."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        self.n, self.seed = n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def generator(self, index: int) -> torch.Generator:
+        """The generator of item ``index``.
+
+        Raises:
+            IndexError: ``index`` is not one of the ``n`` samples.
+        """
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} samples")
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+
+
+class ShortcutShapes(SeededSamples):
     """Shapes to classify, with a corner patch that may give the answer away.
 
     Args:
@@ -61,8 +85,7 @@ class ShortcutShapes(Dataset):
         seed: int = 0,
         patch_fraction: float = 0.25,
     ) -> None:
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        super().__init__(n, seed)
         if not isinstance(image_size, int) or image_size < 16:
             raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
         if not 2 <= num_classes <= len(SHAPE_NAMES):
@@ -74,11 +97,9 @@ class ShortcutShapes(Dataset):
             raise ValueError(f"shortcut_prob must be in [0, 1], got {shortcut_prob!r}")
         if not 0.0 < patch_fraction < 0.5:
             raise ValueError(f"patch_fraction must be in (0, 0.5), got {patch_fraction!r}")
-        self.n = n
         self.image_size = image_size
         self.num_classes = num_classes
         self.shortcut_prob = shortcut_prob
-        self.seed = seed
         self.patch = max(2, round(patch_fraction * image_size))
         self.class_names = list(SHAPE_NAMES[:num_classes])
         coords = torch.arange(image_size, dtype=torch.float32) + 0.5
@@ -86,13 +107,8 @@ class ShortcutShapes(Dataset):
         self.shortcut_mask = torch.zeros(image_size, image_size, dtype=torch.bool)
         self.shortcut_mask[: self.patch, : self.patch] = True
 
-    def __len__(self) -> int:
-        return self.n
-
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        if not 0 <= index < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} samples")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        g = self.generator(index)
         label = int(torch.randint(self.num_classes, (1,), generator=g))
         image = self._background(g)
         shape = self._shape(label, g)

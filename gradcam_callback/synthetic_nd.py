@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+
+from gradcam_callback.synthetic import SeededSamples
 
 __all__ = ["ShortcutSignals", "ShortcutVolumes"]
 
 
-def _check(n: int, shortcut_prob: float) -> None:
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be an int >= 1, got {n!r}")
+def _check(shortcut_prob: float) -> None:
     if not 0.0 <= shortcut_prob <= 1.0:
         raise ValueError(f"shortcut_prob must be in [0, 1], got {shortcut_prob!r}")
 
 
-class ShortcutSignals(Dataset):
+class ShortcutSignals(SeededSamples):
     """Signals whose class is the sign of an event, with a blip that may give it away.
 
     Args:
@@ -56,21 +55,17 @@ class ShortcutSignals(Dataset):
 
     def __init__(self, n: int, length: int = 128, shortcut_prob: float = 1.0,
                  seed: int = 0) -> None:
-        _check(n, shortcut_prob)
+        super().__init__(n, seed)
+        _check(shortcut_prob)
         if not isinstance(length, int) or length < 64:
             raise ValueError(f"length must be an int >= 64, got {length!r}")
-        self.n, self.length, self.shortcut_prob, self.seed = n, length, shortcut_prob, seed
+        self.length, self.shortcut_prob = length, shortcut_prob
         self.blip = slice(length // 16, length // 16 + 8)
         self.blip_mask = torch.zeros(length, dtype=torch.bool)
         self.blip_mask[self.blip] = True
 
-    def __len__(self) -> int:
-        return self.n
-
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        if not 0 <= index < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} samples")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        g = self.generator(index)
         label = int(torch.randint(2, (1,), generator=g))
         steps = torch.arange(self.length, dtype=torch.float32)
         signal = 0.3 * torch.randn(self.length, generator=g)
@@ -88,7 +83,7 @@ class ShortcutSignals(Dataset):
                 "event_mask": (steps - centre).abs() <= 2 * width}
 
 
-class ShortcutVolumes(Dataset):
+class ShortcutVolumes(SeededSamples):
     """Volumes whose class is the brightness of a ball, with a corner marker that may give
     it away.
 
@@ -113,23 +108,19 @@ class ShortcutVolumes(Dataset):
 
     def __init__(self, n: int, size: int = 16, shortcut_prob: float = 1.0,
                  seed: int = 0) -> None:
-        _check(n, shortcut_prob)
+        super().__init__(n, seed)
+        _check(shortcut_prob)
         if not isinstance(size, int) or size < 16:
             raise ValueError(f"size must be an int >= 16, got {size!r}")
-        self.n, self.size, self.shortcut_prob, self.seed = n, size, shortcut_prob, seed
+        self.size, self.shortcut_prob = size, shortcut_prob
         self.marker = max(2, size // 4)
         self.marker_mask = torch.zeros(size, size, size, dtype=torch.bool)
         self.marker_mask[: self.marker, : self.marker, : self.marker] = True
         coords = torch.arange(size, dtype=torch.float32) + 0.5
         self._grid = torch.meshgrid(coords, coords, coords, indexing="ij")
 
-    def __len__(self) -> int:
-        return self.n
-
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        if not 0 <= index < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} samples")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        g = self.generator(index)
         label = int(torch.randint(2, (1,), generator=g))
         size = self.size
         volume = 0.1 * torch.rand(size, size, size, generator=g)

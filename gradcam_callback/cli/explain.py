@@ -68,45 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute Grad-CAM for image files with a trained model and write "
                     "heatmaps, overlays and an annotated grid.",
     )
-    explain.add_argument("--model", required=True, metavar="MODULE:CLASS",
-                         help="the model class (a LightningModule, or an nn.Module class or "
-                              "factory), e.g. mypkg.models:LitNet or torchvision.models:resnet18")
-    explain.add_argument("--checkpoint", type=Path, help="a Lightning checkpoint (.ckpt)")
-    explain.add_argument("--weights", type=Path, help="a state_dict file for a plain nn.Module")
-    explain.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                         help="argument for the model class or factory (repeatable)")
-    explain.add_argument("--image", nargs="+", required=True, type=Path, help="image files")
+    _model_and_image_arguments(explain)
     explain.add_argument("--out", type=Path, default=Path("gradcam_out"),
                          help="output directory (default: gradcam_out)")
-    explain.add_argument("--layer", help="target layer's dotted name (default: auto-detect)")
-    explain.add_argument("--method", default="gradcam", choices=available_methods())
     explain.add_argument("--target", default="predicted",
                          help="predicted (default), label (needs --labels), a class index, or "
                               "a class name from --class-names")
     explain.add_argument("--labels", nargs="+", help="one true class per image (index or name)")
-    explain.add_argument("--task", default="auto", choices=TASKS,
-                         help="what the model is trained for (default auto: a one-logit "
-                              "output is binary, (N, C, h, w) segmentation, else multiclass); "
-                              "binary explains the predicted side, -logit for a negative one")
     explain.add_argument("--threshold", type=float, default=0.5,
                          help="multilabel: labels above this sigmoid are predicted (default 0.5)")
-    explain.add_argument("--size", type=int, default=224,
-                         help="images become SIZE x SIZE (default 224), see --resize")
-    explain.add_argument("--resize", choices=RESIZE_MODES, default="crop",
-                         help="crop (default): resize the shorter side to SIZE, keeping the "
-                              "aspect ratio, and crop the centre; squash: resize to SIZE x SIZE, "
-                              "distorting; none: native size (all images the same size)")
-    explain.add_argument("--reshape-transform", default="auto", metavar="READING",
-                         help="how to read the layer's output: auto (default), nchw, nhwc, "
-                              "tokens, tokens:<prefix count>")
-    explain.add_argument("--grayscale", action="store_true", help="feed 1-channel images")
-    explain.add_argument("--mean", type=float, nargs="+", help="per-channel normalisation mean")
-    explain.add_argument("--std", type=float, nargs="+", help="per-channel normalisation std")
     explain.add_argument("--class-names", type=Path, help="a text file, one class name a line")
     explain.add_argument("--colormap", default="jet", help="matplotlib colormap (default jet)")
     explain.add_argument("--alpha", type=float, default=0.5,
                          help="heatmap opacity in the overlays, 0 to 1 (default 0.5)")
-    explain.add_argument("--debug", action="store_true", help="show tracebacks")
     sanity = commands.add_parser(
         "sanity", help="does a model's Grad-CAM change when its head is re-initialised?",
         description="The sanity check (Adebayo et al., 2018): explain the images with the "
@@ -114,18 +88,42 @@ def build_parser() -> argparse.ArgumentParser:
                     "image for the class the trained model predicts, and print the rank "
                     "correlation of the two maps (near 1: the maps follow the input, not "
                     "what the model learned).")
-    for action in explain._actions:  # the same model, image and layer options
-        if action.dest in SANITY_SHARED:
-            sanity._add_action(action)
+    _model_and_image_arguments(sanity)
     sanity.add_argument("--layers", type=int, default=1,
                         help="how many of the last layers with parameters to re-initialise "
                              "(default 1: the head)")
     return parser
 
 
-SANITY_SHARED = ("model", "checkpoint", "weights", "model_arg", "image", "layer", "method",
-                 "task", "size", "resize", "reshape_transform", "grayscale", "mean", "std",
-                 "debug")
+def _model_and_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``explain`` and ``sanity`` share: the model, the images, the layer."""
+    parser.add_argument("--model", required=True, metavar="MODULE:CLASS",
+                        help="the model class (a LightningModule, or an nn.Module class or "
+                            "factory), e.g. mypkg.models:LitNet or torchvision.models:resnet18")
+    parser.add_argument("--checkpoint", type=Path, help="a Lightning checkpoint (.ckpt)")
+    parser.add_argument("--weights", type=Path, help="a state_dict file for a plain nn.Module")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="argument for the model class or factory (repeatable)")
+    parser.add_argument("--image", nargs="+", required=True, type=Path, help="image files")
+    parser.add_argument("--layer", help="target layer's dotted name (default: auto-detect)")
+    parser.add_argument("--method", default="gradcam", choices=available_methods())
+    parser.add_argument("--task", default="auto", choices=TASKS,
+                        help="what the model is trained for (default auto: a one-logit "
+                            "output is binary, (N, C, h, w) segmentation, else multiclass); "
+                            "binary explains the predicted side, -logit for a negative one")
+    parser.add_argument("--size", type=int, default=224,
+                        help="images become SIZE x SIZE (default 224), see --resize")
+    parser.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                        help="crop (default): resize the shorter side to SIZE, keeping the "
+                            "aspect ratio, and crop the centre; squash: resize to SIZE x SIZE, "
+                            "distorting; none: native size (all images the same size)")
+    parser.add_argument("--reshape-transform", default="auto", metavar="READING",
+                        help="how to read the layer's output: auto (default), nchw, nhwc, "
+                            "tokens, tokens:<prefix count>")
+    parser.add_argument("--grayscale", action="store_true", help="feed 1-channel images")
+    parser.add_argument("--mean", type=float, nargs="+", help="per-channel normalisation mean")
+    parser.add_argument("--std", type=float, nargs="+", help="per-channel normalisation std")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

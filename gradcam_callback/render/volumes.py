@@ -128,7 +128,9 @@ def volume_block(volume: Tensor, rows: Sequence[tuple[str, Tensor]], caption: Se
             rows_out.append(to_uint8(heatmap(cut, colormap=colormap)))
             titles.append("heatmap")
     if peak is not None:
-        rows_out = [_frame_tile(row, chosen.index(peak)) for row in rows_out]
+        marked = chosen.index(peak)
+        for row in rows_out:
+            row[marked] = framed(row[marked], PEAK, _PEAK_FRAME)
     name = AXIS_NAMES[axis]
     captions = [[f"{name} {k}" + (" · peak" if k == peak else "")] for k in chosen]
     captions.append([PROJECTION])
@@ -138,15 +140,3 @@ def volume_block(volume: Tensor, rows: Sequence[tuple[str, Tensor]], caption: Se
     block = annotated_grid(rows_out, titles, captions, header=header, notes=notes)
     return framed(block) if wrong else block
 
-
-def _frame_tile(row: Tensor, column: int) -> Tensor:
-    """``row`` ``(K, 3, h, w)`` with the tile at ``column`` framed in :data:`PEAK`."""
-    out = row.clone()
-    paint = torch.tensor(PEAK, dtype=torch.uint8).view(3, 1, 1)
-    w = _PEAK_FRAME
-    tile = out[column]
-    tile[:, :w, :] = paint
-    tile[:, -w:, :] = paint
-    tile[:, :, :w] = paint
-    tile[:, :, -w:] = paint
-    return out

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradcam_callback.faithfulness import SHARE_NAMES
 from gradcam_callback.metrics import attention_scalars, top_cells
 from gradcam_callback.ops import resize_maps, shrink_maps, shrunk_size
 from gradcam_callback.tasks import Grouping, Task
@@ -152,15 +153,12 @@ DELETION_VS_RANDOM = "faithfulness/deletion_vs_random"
 def _deletion_vs_random(scalars: dict[str, float]) -> tuple[float | None, str | None]:
     """Mean deletion over the shares ÷ mean random deletion over the same shares; the
     cause when it is undefined (``None, None`` without deletions measured)."""
-    shares = [name.removeprefix("faithfulness/deletion/") for name in scalars
-              if name.startswith("faithfulness/deletion/") and name[-4:] not in ("_std",
-                                                                                  "ci95")]
-    pairs = [(scalars[f"faithfulness/deletion/{s}"], scalars.get(
-        f"faithfulness/random_deletion/{s}")) for s in shares]
-    if not pairs or any(random is None for _, random in pairs):
+    names = [(f"faithfulness/deletion/{s}", f"faithfulness/random_deletion/{s}")
+             for s in SHARE_NAMES]
+    if not all(top in scalars and random in scalars for top, random in names):
         return None, None
-    deletion = sum(d for d, _ in pairs) / len(pairs)
-    random = sum(float(r) for _, r in pairs if r is not None) / len(pairs)
+    deletion = sum(scalars[top] for top, _ in names) / len(names)
+    random = sum(scalars[random] for _, random in names) / len(names)
     if random <= 1e-6:
         return None, ("random deletion did not lower the probability on average: there "
                       "is no chance level to compare with (does the model ignore its "

@@ -168,8 +168,9 @@ def faithfulness_values(model: nn.Module, explainer: Explainer, samples: FixedSa
     transform = explainer.options.output_transform
 
     def forward(inputs: Tensor) -> Tensor:
-        with torch.no_grad(), eval_mode(model), preserved_rng_state(_device(model)):
-            return logits_from_output(model(prepare(inputs)), transform).detach().float().cpu()
+        prepared = prepare(inputs)
+        with torch.no_grad(), eval_mode(model), preserved_rng_state(prepared.device):
+            return logits_from_output(model(prepared), transform).detach().float().cpu()
 
     masks = {name: mask[rows] for name, mask in {**samples.masks, **explained.regions}.items()}
     measured = Faithfulness().measure(
@@ -183,10 +184,6 @@ def faithfulness_values(model: nn.Module, explainer: Explainer, samples: FixedSa
         values[f"faithfulness/{name}"] = full
     return values
 
-
-def _device(model: nn.Module) -> torch.device | None:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else None
 
 
 def _sides(size: tuple[int, ...]) -> str:
